@@ -1,0 +1,23 @@
+//! Workload identity for meshlet: what a SPIFFE ID is, what makes an X.509 certificate a valid
+//! SVID, how a peer's certificate is verified (by SPIFFE ID, never by DNS name), where our own
+//! SVID and trust bundle come from, and how certificates are issued for demos and tests.
+#![forbid(unsafe_code)]
+
+pub mod bundle;
+pub mod inspect;
+pub mod issue;
+pub mod source;
+pub mod spiffe_id;
+pub mod svid;
+pub mod verify;
+
+pub use bundle::TrustBundles;
+pub use source::{Identity, IdentityFiles, IdentityStore, LoadError};
+pub use spiffe_id::SpiffeId;
+pub use svid::{SvidError, SvidInfo};
+pub use verify::{PeerError, SpiffeClientVerifier, SpiffeServerVerifier, Usage};
+
+/// The one crypto provider of the whole tree.
+pub fn crypto_provider() -> std::sync::Arc<rustls::crypto::CryptoProvider> {
+    std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider())
+}

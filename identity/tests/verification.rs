@@ -1,0 +1,224 @@
+//! Every refusal reason of peer verification, each with a certificate made for it.
+
+use std::time::Duration;
+
+use meshlet_identity::issue::{Ca, LeafSpec, Pem};
+use meshlet_identity::source::{parse_certs, Part};
+use meshlet_identity::verify::{verify_peer, Usage};
+use meshlet_identity::{crypto_provider, Identity, SpiffeId, TrustBundles};
+use rcgen::ExtendedKeyUsagePurpose;
+use rustls_pki_types::UnixTime;
+
+const TD: &str = "cluster.local";
+const DAY: Duration = Duration::from_secs(86400);
+
+fn id(path: &str) -> SpiffeId {
+    SpiffeId::parse(&format!("spiffe://{TD}{path}")).unwrap()
+}
+
+fn bundles_of(ca: &Ca) -> TrustBundles {
+    let mut b = TrustBundles::default();
+    b.insert(TD, parse_certs(ca.pem.cert.as_bytes()).unwrap())
+        .unwrap();
+    b
+}
+
+fn check(bundles: &TrustBundles, leaf: &Pem, usage: Usage) -> Result<SpiffeId, &'static str> {
+    let chain = parse_certs(leaf.cert.as_bytes()).unwrap();
+    verify_peer(
+        bundles,
+        &crypto_provider(),
+        &chain[0],
+        &chain[1..],
+        UnixTime::now(),
+        usage,
+    )
+    .map_err(|e| e.reason())
+}
+
+#[test]
+fn a_correct_svid_verifies_for_both_usages_and_yields_its_id() {
+    let ca = Ca::new(TD, DAY).unwrap();
+    let leaf = ca.issue_svid(&id("/ns/default/sa/echo"), DAY).unwrap();
+    assert_eq!(
+        check(&bundles_of(&ca), &leaf, Usage::Server).unwrap(),
+        id("/ns/default/sa/echo")
+    );
+    assert!(check(&bundles_of(&ca), &leaf, Usage::Client).is_ok());
+}
+
+#[test]
+fn a_certificate_from_another_ca_is_an_unknown_issuer() {
+    let ours = Ca::new(TD, DAY).unwrap();
+    let theirs = Ca::new(TD, DAY).unwrap();
+    let leaf = theirs.issue_svid(&id("/ns/default/sa/x"), DAY).unwrap();
+    assert_eq!(
+        check(&bundles_of(&ours), &leaf, Usage::Client),
+        Err("unknown_issuer")
+    );
+}
+
+#[test]
+fn another_trust_domain_is_refused() {
+    let ours = Ca::new(TD, DAY).unwrap();
+    let other = Ca::new("other.example", DAY).unwrap();
+    let leaf = other
+        .issue_svid(
+            &SpiffeId::parse("spiffe://other.example/ns/a/sa/b").unwrap(),
+            DAY,
+        )
+        .unwrap();
+    assert_eq!(
+        check(&bundles_of(&ours), &leaf, Usage::Client),
+        Err("wrong_trust_domain")
+    );
+    // Even when signed by our own CA, an ID of a foreign trust domain is refused.
+    let forged = ours
+        .issue_svid(
+            &SpiffeId::parse("spiffe://other.example/ns/a/sa/b").unwrap(),
+            DAY,
+        )
+        .unwrap();
+    assert_eq!(
+        check(&bundles_of(&ours), &forged, Usage::Client),
+        Err("wrong_trust_domain")
+    );
+}
+
+#[test]
+fn two_uri_sans_or_none_are_refused() {
+    let ca = Ca::new(TD, DAY).unwrap();
+    let mut spec = LeafSpec::svid(&id("/a"), DAY);
+    spec.uris.push(format!("spiffe://{TD}/b"));
+    assert_eq!(
+        check(&bundles_of(&ca), &ca.issue(&spec).unwrap(), Usage::Client),
+        Err("bad_spiffe_id")
+    );
+    let mut spec = LeafSpec::svid(&id("/a"), DAY);
+    spec.uris.clear();
+    spec.dns.push("echo.default.svc".into());
+    assert_eq!(
+        check(&bundles_of(&ca), &ca.issue(&spec).unwrap(), Usage::Client),
+        Err("bad_spiffe_id")
+    );
+}
+
+#[test]
+fn expired_and_not_yet_valid_certificates_are_refused() {
+    let ca = Ca::new(TD, DAY).unwrap();
+    let now = time::OffsetDateTime::now_utc();
+    let mut spec = LeafSpec::svid(&id("/a"), DAY);
+    spec.not_before = now - time::Duration::days(2);
+    spec.not_after = now - time::Duration::days(1);
+    assert_eq!(
+        check(&bundles_of(&ca), &ca.issue(&spec).unwrap(), Usage::Client),
+        Err("expired")
+    );
+    spec.not_before = now + time::Duration::hours(1);
+    spec.not_after = now + time::Duration::days(1);
+    assert_eq!(
+        check(&bundles_of(&ca), &ca.issue(&spec).unwrap(), Usage::Client),
+        Err("not_yet_valid")
+    );
+}
+
+#[test]
+fn a_ca_certificate_is_refused_as_a_leaf() {
+    let ca = Ca::new(TD, DAY).unwrap();
+    let mut spec = LeafSpec::svid(&id("/a"), DAY);
+    spec.is_ca = true;
+    assert_eq!(
+        check(&bundles_of(&ca), &ca.issue(&spec).unwrap(), Usage::Server),
+        Err("ca_as_leaf")
+    );
+}
+
+#[test]
+fn an_eku_without_client_auth_cannot_be_a_client() {
+    let ca = Ca::new(TD, DAY).unwrap();
+    let mut spec = LeafSpec::svid(&id("/a"), DAY);
+    spec.eku = Some(vec![ExtendedKeyUsagePurpose::ServerAuth]);
+    let leaf = ca.issue(&spec).unwrap();
+    assert_eq!(
+        check(&bundles_of(&ca), &leaf, Usage::Client),
+        Err("missing_eku")
+    );
+    assert!(check(&bundles_of(&ca), &leaf, Usage::Server).is_ok());
+    // Without any EKU extension the certificate is good for both.
+    spec.eku = None;
+    assert!(check(&bundles_of(&ca), &ca.issue(&spec).unwrap(), Usage::Client).is_ok());
+}
+
+#[test]
+fn a_leaf_without_digital_signature_is_refused() {
+    let ca = Ca::new(TD, DAY).unwrap();
+    let mut spec = LeafSpec::svid(&id("/a"), DAY);
+    spec.digital_signature = false;
+    assert_eq!(
+        check(&bundles_of(&ca), &ca.issue(&spec).unwrap(), Usage::Server),
+        Err("bad_key_usage")
+    );
+}
+
+#[test]
+fn loading_refuses_a_key_that_does_not_match_the_certificate() {
+    let ca = Ca::new(TD, DAY).unwrap();
+    let a = ca.issue_svid(&id("/a"), DAY).unwrap();
+    let b = ca.issue_svid(&id("/b"), DAY).unwrap();
+    let p = crypto_provider();
+    assert!(Identity::from_pem(
+        a.cert.as_bytes(),
+        a.key.as_bytes(),
+        ca.pem.cert.as_bytes(),
+        TD,
+        &p
+    )
+    .is_ok());
+    let (part, why) = Identity::from_pem(
+        a.cert.as_bytes(),
+        b.key.as_bytes(),
+        ca.pem.cert.as_bytes(),
+        TD,
+        &p,
+    )
+    .unwrap_err();
+    assert_eq!(part, Part::Key);
+    assert!(why.contains("does not match"), "{why}");
+}
+
+#[test]
+fn loading_refuses_our_own_svid_of_another_trust_domain_and_empty_files() {
+    let ca = Ca::new(TD, DAY).unwrap();
+    let a = ca.issue_svid(&id("/a"), DAY).unwrap();
+    let p = crypto_provider();
+    let (part, why) = Identity::from_pem(
+        a.cert.as_bytes(),
+        a.key.as_bytes(),
+        ca.pem.cert.as_bytes(),
+        "prod.example",
+        &p,
+    )
+    .unwrap_err();
+    assert_eq!(part, Part::Cert);
+    assert!(why.contains("trust domain"), "{why}");
+    let (part, _) =
+        Identity::from_pem(b"", a.key.as_bytes(), ca.pem.cert.as_bytes(), TD, &p).unwrap_err();
+    assert_eq!(part, Part::Cert);
+    let (part, _) = Identity::from_pem(
+        a.cert.as_bytes(),
+        a.key.as_bytes(),
+        b"-----BEGIN CERT",
+        TD,
+        &p,
+    )
+    .unwrap_err();
+    assert_eq!(part, Part::Bundle);
+}
+
+#[test]
+fn a_ca_written_to_pem_can_be_loaded_back_and_issue() {
+    let ca = Ca::new(TD, DAY).unwrap();
+    let again = Ca::from_pem(&ca.pem.cert, &ca.pem.key).unwrap();
+    let leaf = again.issue_svid(&id("/x"), DAY).unwrap();
+    assert!(check(&bundles_of(&ca), &leaf, Usage::Client).is_ok());
+}

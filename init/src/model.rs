@@ -1,0 +1,247 @@
+//! What to capture: the parsed, validated form of `meshlet init`'s flags.
+
+use std::fmt;
+
+use ipnet::IpNet;
+
+/// An inclusive range of TCP ports; a single port is a range of one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PortRange {
+    pub first: u16,
+    pub last: u16,
+}
+
+impl PortRange {
+    pub fn single(port: u16) -> Self {
+        PortRange {
+            first: port,
+            last: port,
+        }
+    }
+
+    pub fn contains(&self, port: u16) -> bool {
+        (self.first..=self.last).contains(&port)
+    }
+
+    /// How many of multiport's 15 slots this entry takes (a range takes two).
+    pub(crate) fn multiport_weight(&self) -> usize {
+        if self.first == self.last {
+            1
+        } else {
+            2
+        }
+    }
+}
+
+impl fmt::Display for PortRange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.first == self.last {
+            write!(f, "{}", self.first)
+        } else {
+            write!(f, "{}:{}", self.first, self.last)
+        }
+    }
+}
+
+/// Ports to capture: all of them (`*`) or a list.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PortSelection {
+    All,
+    List(Vec<PortRange>),
+}
+
+/// Destinations to capture: all of them (`*`) or a list of CIDRs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CidrSelection {
+    All,
+    List(Vec<IpNet>),
+}
+
+/// Everything the capture rules depend on. Defaults are DESIGN.md's.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CaptureConfig {
+    pub proxy_uid: u32,
+    pub proxy_gid: Option<u32>,
+    pub inbound_port: u16,
+    pub outbound_port: u16,
+    pub admin_port: u16,
+    pub include_inbound_ports: PortSelection,
+    pub exclude_inbound_ports: Vec<PortRange>,
+    pub include_outbound_cidrs: CidrSelection,
+    pub exclude_outbound_cidrs: Vec<IpNet>,
+    pub exclude_outbound_ports: Vec<PortRange>,
+}
+
+impl Default for CaptureConfig {
+    fn default() -> Self {
+        CaptureConfig {
+            proxy_uid: 1337,
+            proxy_gid: None,
+            inbound_port: 15006,
+            outbound_port: 15001,
+            admin_port: 15021,
+            include_inbound_ports: PortSelection::All,
+            exclude_inbound_ports: Vec::new(),
+            include_outbound_cidrs: CidrSelection::All,
+            exclude_outbound_cidrs: Vec::new(),
+            exclude_outbound_ports: Vec::new(),
+        }
+    }
+}
+
+/// A flag value that could not be understood; the message names the value.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("{0}")]
+pub struct ParseError(pub String);
+
+/// Parses `P,P-Q,...`. An empty string is an empty list. Ranges are inclusive.
+pub fn parse_ports(flag: &str, value: &str) -> Result<Vec<PortRange>, ParseError> {
+    let mut out = Vec::new();
+    for item in value.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let range = match item.split_once('-') {
+            Some((a, b)) => {
+                let first = parse_port(flag, item, a)?;
+                let last = parse_port(flag, item, b)?;
+                if first > last {
+                    return Err(ParseError(format!(
+                        "{flag}: range {item:?} is reversed (first port above last)"
+                    )));
+                }
+                PortRange { first, last }
+            }
+            None => PortRange::single(parse_port(flag, item, item)?),
+        };
+        out.push(range);
+    }
+    Ok(out)
+}
+
+fn parse_port(flag: &str, item: &str, text: &str) -> Result<u16, ParseError> {
+    match text.trim().parse::<u16>() {
+        Ok(0) | Err(_) => Err(ParseError(format!(
+            "{flag}: {item:?} is not a port or port range (ports are 1-65535, ranges look like 8000-8100)"
+        ))),
+        Ok(p) => Ok(p),
+    }
+}
+
+/// Parses `*` or `P,P-Q,...`.
+pub fn parse_port_selection(flag: &str, value: &str) -> Result<PortSelection, ParseError> {
+    if value.trim() == "*" {
+        Ok(PortSelection::All)
+    } else {
+        parse_ports(flag, value).map(PortSelection::List)
+    }
+}
+
+/// Parses `CIDR,CIDR,...`; a bare address is taken as a host route (/32 or /128).
+pub fn parse_cidrs(flag: &str, value: &str) -> Result<Vec<IpNet>, ParseError> {
+    value
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|item| {
+            item.parse::<IpNet>()
+                .or_else(|_| item.parse::<std::net::IpAddr>().map(IpNet::from))
+                .map(|net| net.trunc())
+                .map_err(|_| {
+                    ParseError(format!(
+                        "{flag}: {item:?} is not a CIDR (expected e.g. 198.18.0.0/15 or 2001:2::/48)"
+                    ))
+                })
+        })
+        .collect()
+}
+
+/// Parses `*` or `CIDR,...`.
+pub fn parse_cidr_selection(flag: &str, value: &str) -> Result<CidrSelection, ParseError> {
+    if value.trim() == "*" {
+        Ok(CidrSelection::All)
+    } else {
+        parse_cidrs(flag, value).map(CidrSelection::List)
+    }
+}
+
+impl CaptureConfig {
+    /// Refuses combinations that would capture the proxy's own traffic or make no sense.
+    pub fn validate(&self) -> Result<(), ParseError> {
+        let ports = [
+            ("--inbound-port", self.inbound_port),
+            ("--outbound-port", self.outbound_port),
+            ("--admin-port", self.admin_port),
+        ];
+        for (name, port) in ports {
+            if port == 0 {
+                return Err(ParseError(format!("{name}: 0 is not a port")));
+            }
+        }
+        if self.inbound_port == self.outbound_port {
+            return Err(ParseError(format!(
+                "--inbound-port and --outbound-port are both {}: they must differ",
+                self.inbound_port
+            )));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ports_accept_singles_and_ranges() {
+        let got = parse_ports("--x", "80, 8000-8100,443").unwrap();
+        assert_eq!(
+            got,
+            vec![
+                PortRange::single(80),
+                PortRange {
+                    first: 8000,
+                    last: 8100
+                },
+                PortRange::single(443)
+            ]
+        );
+    }
+
+    #[test]
+    fn a_bad_port_is_named_in_the_error() {
+        let err = parse_ports("--exclude-inbound-ports", "80,70000").unwrap_err();
+        assert!(err.0.contains("\"70000\""), "{err}");
+        assert!(err.0.contains("--exclude-inbound-ports"), "{err}");
+        assert!(parse_ports("--x", "0").is_err());
+        assert!(parse_ports("--x", "abc").is_err());
+        assert!(parse_ports("--x", "90-80")
+            .unwrap_err()
+            .0
+            .contains("reversed"));
+    }
+
+    #[test]
+    fn empty_port_list_is_empty() {
+        assert_eq!(parse_ports("--x", "").unwrap(), vec![]);
+        assert_eq!(
+            parse_port_selection("--x", "*").unwrap(),
+            PortSelection::All
+        );
+    }
+
+    #[test]
+    fn cidrs_are_parsed_and_truncated() {
+        let got = parse_cidrs("--x", "198.18.5.1/16,2001:2::1").unwrap();
+        assert_eq!(got[0].to_string(), "198.18.0.0/16");
+        assert_eq!(got[1].to_string(), "2001:2::1/128");
+        let err = parse_cidrs("--exclude-outbound-cidrs", "198.18.0.0/33").unwrap_err();
+        assert!(err.0.contains("198.18.0.0/33"), "{err}");
+    }
+
+    #[test]
+    fn equal_proxy_ports_are_refused() {
+        let cfg = CaptureConfig {
+            outbound_port: 15006,
+            ..CaptureConfig::default()
+        };
+        assert!(cfg.validate().is_err());
+    }
+}
