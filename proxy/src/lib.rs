@@ -1,1 +1,253 @@
+//! The meshlet data plane.
+//!
+//! Follow one connection: `listener` accepts it, then `inbound` (mTLS terminated, caller
+//! authorized by `policy`, bytes to the app; HTTP ports via `http`) or `outbound` (the
+//! `connector` opens mTLS to the peer proxy, or plain per `routes`), and `copy` moves the bytes.
+//! `tls` and meshlet-identity decide who is who; `admin` and `metrics` tell the operator.
+#![forbid(unsafe_code)]
 
+pub mod admin;
+pub mod args;
+pub mod config;
+pub mod connector;
+pub mod copy;
+pub mod detect;
+pub mod http;
+pub mod http_path;
+pub mod inbound;
+pub mod listener;
+pub mod metrics;
+pub mod orig_dst;
+pub mod outbound;
+pub mod policy;
+pub mod rewind;
+pub mod rotation;
+pub mod routes;
+pub mod tls;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use anyhow::Context;
+use meshlet_identity::IdentityStore;
+use tokio::sync::{watch, Semaphore};
+use tracing::{info, warn};
+
+pub use config::Config;
+pub use orig_dst::OriginalDst;
+
+/// Everything a connection handler needs, shared by all connections.
+pub struct Shared {
+    pub config: Config,
+    pub store: Arc<IdentityStore>,
+    pub tls: tls::TlsConfigs,
+    pub policy: policy::Policy,
+    pub routes: routes::Routes,
+    pub metrics: Arc<metrics::Metrics>,
+    pub http: http::AppClients,
+    pub ready: AtomicBool,
+    shutdown: watch::Sender<bool>,
+}
+
+impl Shared {
+    /// Asks the proxy to stop accepting and drain (SIGTERM, POST /shutdown).
+    pub fn begin_shutdown(&self) {
+        self.shutdown.send_replace(true);
+    }
+}
+
+/// Where the listeners bind and how they learn original destinations. The defaults follow the
+/// configuration; tests bind ephemeral loopback ports with a fixed destination.
+#[derive(Clone, Debug)]
+pub struct Listeners {
+    pub inbound: Vec<SocketAddr>,
+    pub outbound: Vec<SocketAddr>,
+    pub admin: Option<SocketAddr>,
+    pub inbound_dst: OriginalDst,
+    pub outbound_dst: OriginalDst,
+}
+
+impl Listeners {
+    pub fn from_config(config: &Config) -> Self {
+        Listeners {
+            inbound: vec![
+                SocketAddr::from(([0, 0, 0, 0], config.inbound.port)),
+                SocketAddr::from(([0u16; 8], config.inbound.port)),
+            ],
+            outbound: vec![
+                SocketAddr::from(([127, 0, 0, 1], config.outbound.port)),
+                SocketAddr::from(([0, 0, 0, 0, 0, 0, 0, 1], config.outbound.port)),
+            ],
+            admin: Some(config.admin.address),
+            inbound_dst: OriginalDst::Kernel,
+            outbound_dst: OriginalDst::Kernel,
+        }
+    }
+}
+
+/// A started proxy.
+pub struct Running {
+    pub shared: Arc<Shared>,
+    pub inbound_addrs: Vec<SocketAddr>,
+    pub outbound_addrs: Vec<SocketAddr>,
+    pub admin_addr: Option<SocketAddr>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    limits: Vec<(Arc<Semaphore>, usize)>,
+}
+
+/// Binds every listener and starts serving. Fails (with the address) when a bind fails, except
+/// IPv6 wildcard/loopback binds on a host without IPv6, which are skipped with a warning.
+pub async fn start(
+    config: Config,
+    store: Arc<IdentityStore>,
+    listeners: Listeners,
+) -> anyhow::Result<Running> {
+    let provider = meshlet_identity::crypto_provider();
+    let tls = tls::configs(store.clone(), provider).context("building the TLS configuration")?;
+    let policy = policy::Policy::new(&config.trust_domain, config.inbound.policy.as_deref())
+        .map_err(|e| anyhow::anyhow!("inbound.policy: {e}"))?;
+    let routes =
+        routes::Routes::new(&config.outbound).map_err(|e| anyhow::anyhow!("outbound: {e}"))?;
+    let (shutdown, _) = watch::channel(false);
+    let http = http::AppClients::new(config.timeouts.connect);
+    let shared = Arc::new(Shared {
+        config,
+        store,
+        tls,
+        policy,
+        routes,
+        metrics: Arc::new(metrics::Metrics::new()),
+        http,
+        ready: AtomicBool::new(false),
+        shutdown,
+    });
+
+    let mut tasks = Vec::new();
+    let mut limits = Vec::new();
+    let mut inbound_addrs = Vec::new();
+    let mut outbound_addrs = Vec::new();
+    let inbound_limit = Arc::new(Semaphore::new(shared.config.inbound.max_connections));
+    let outbound_limit = Arc::new(Semaphore::new(shared.config.outbound.max_connections));
+    limits.push((inbound_limit.clone(), shared.config.inbound.max_connections));
+    limits.push((
+        outbound_limit.clone(),
+        shared.config.outbound.max_connections,
+    ));
+
+    for addr in &listeners.inbound {
+        let Some(l) = listener::bind(*addr)? else {
+            continue;
+        };
+        inbound_addrs.push(l.local_addr()?);
+        let (sh, dst, lim) = (shared.clone(), listeners.inbound_dst, inbound_limit.clone());
+        tasks.push(tokio::spawn(listener::serve(
+            l,
+            sh.clone(),
+            lim,
+            move |conn, peer| inbound::handle(sh.clone(), conn, peer, dst),
+        )));
+    }
+    for addr in &listeners.outbound {
+        let Some(l) = listener::bind(*addr)? else {
+            continue;
+        };
+        outbound_addrs.push(l.local_addr()?);
+        let (sh, dst, lim) = (
+            shared.clone(),
+            listeners.outbound_dst,
+            outbound_limit.clone(),
+        );
+        tasks.push(tokio::spawn(listener::serve(
+            l,
+            sh.clone(),
+            lim,
+            move |conn, peer| outbound::handle(sh.clone(), conn, peer, dst),
+        )));
+    }
+    if inbound_addrs.is_empty() || outbound_addrs.is_empty() {
+        anyhow::bail!("no inbound or no outbound listener could be bound");
+    }
+    let admin_addr = match listeners.admin {
+        Some(addr) => {
+            let l = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("admin.address {addr}: cannot listen"))?;
+            let local = l.local_addr()?;
+            tasks.push(tokio::spawn(admin::serve(l, shared.clone())));
+            Some(local)
+        }
+        None => None,
+    };
+    shared.ready.store(true, Ordering::Release);
+    info!(
+        identity = %shared.store.current().id,
+        inbound = ?inbound_addrs,
+        outbound = ?outbound_addrs,
+        admin = ?admin_addr,
+        "meshlet proxy ready"
+    );
+    Ok(Running {
+        shared,
+        inbound_addrs,
+        outbound_addrs,
+        admin_addr,
+        tasks,
+        limits,
+    })
+}
+
+impl Running {
+    /// Waits for a shutdown request, stops accepting, lets open connections finish for up to
+    /// the drain timeout, then returns.
+    pub async fn wait(self) {
+        let mut rx = self.shared.shutdown.subscribe();
+        while !*rx.borrow_and_update() {
+            if rx.changed().await.is_err() {
+                break;
+            }
+        }
+        self.shared.ready.store(false, Ordering::Release);
+        let drain = self.shared.config.timeouts.drain;
+        info!(
+            ?drain,
+            "shutting down: no new connections, draining open ones"
+        );
+        let all_returned = async {
+            for (sem, n) in &self.limits {
+                // Every permit back means every connection of that listener has finished.
+                let _ = sem.acquire_many(*n as u32).await;
+            }
+        };
+        if tokio::time::timeout(drain, all_returned).await.is_err() {
+            warn!(
+                ?drain,
+                "drain timeout reached with connections still open; closing them"
+            );
+        }
+        for t in self.tasks {
+            t.abort();
+        }
+    }
+
+    pub fn shutdown(&self) {
+        self.shared.begin_shutdown();
+    }
+}
+
+/// Resolves after SIGTERM or SIGINT, or never if the handlers cannot be installed.
+pub async fn termination_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        warn!("cannot install signal handlers; stop with POST /shutdown");
+        std::future::pending::<()>().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => info!("SIGTERM received"),
+        _ = int.recv() => info!("SIGINT received"),
+    }
+}

@@ -1,0 +1,99 @@
+//! The admin server: `/live`, `/ready`, `/metrics`, and `POST /shutdown` (loopback callers only).
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+use tracing::{debug, info};
+
+use crate::Shared;
+
+pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
+    loop {
+        let Ok((conn, peer)) = listener.accept().await else {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            continue;
+        };
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(|req| {
+                let shared = shared.clone();
+                async move { Ok::<_, Infallible>(route(&shared, peer, req)) }
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(std::time::Duration::from_secs(10))
+                .serve_connection(TokioIo::new(conn), service);
+            if let Err(e) = conn.await {
+                debug!(%peer, error = %e, "admin connection error");
+            }
+        });
+    }
+}
+
+fn reply(
+    status: StatusCode,
+    content_type: &'static str,
+    body: impl Into<Bytes>,
+) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(body.into()));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static(content_type),
+    );
+    resp
+}
+
+fn route(shared: &Shared, peer: SocketAddr, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    match (req.method(), req.uri().path()) {
+        (&Method::GET, "/live") => reply(StatusCode::OK, "text/plain", "live\n"),
+        (&Method::GET, "/ready") => {
+            if shared.ready.load(Ordering::Acquire) {
+                reply(StatusCode::OK, "text/plain", "ready\n")
+            } else {
+                reply(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "not ready\n")
+            }
+        }
+        (&Method::GET, "/metrics") => {
+            let seconds_left = shared.store.current().seconds_left(SystemTime::now());
+            shared.metrics.cert_expiry_seconds.set(seconds_left);
+            reply(
+                StatusCode::OK,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                shared.metrics.encode(),
+            )
+        }
+        (&Method::POST, "/shutdown") => {
+            if peer.ip().is_loopback() {
+                info!(%peer, "shutdown requested through the admin server");
+                shared.begin_shutdown();
+                reply(StatusCode::OK, "text/plain", "shutting down\n")
+            } else {
+                reply(
+                    StatusCode::FORBIDDEN,
+                    "text/plain",
+                    "shutdown is only accepted from loopback\n",
+                )
+            }
+        }
+        (_, "/live" | "/ready" | "/metrics" | "/shutdown") => reply(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "text/plain",
+            "method not allowed\n",
+        ),
+        _ => reply(
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            "not found: try /live, /ready, /metrics, POST /shutdown\n",
+        ),
+    }
+}

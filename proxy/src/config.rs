@@ -1,0 +1,670 @@
+//! The proxy's configuration: DESIGN.md's YAML contract, every key also settable by flag and by
+//! `MESHLET_*` environment variable (flag and env win over the file, the file over defaults).
+//!
+//! A wrong configuration is refused with the file, the key and the reason.
+
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ipnet::IpNet;
+use meshlet_identity::issue::parse_duration;
+use meshlet_identity::spiffe_id::validate_trust_domain;
+use meshlet_identity::{IdentityFiles, SpiffeId};
+use serde::{Deserialize, Deserializer};
+use serde_norway::{Mapping, Value};
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub trust_domain: String,
+    pub identity: IdentityConfig,
+    pub inbound: InboundConfig,
+    pub outbound: OutboundConfig,
+    pub admin: AdminConfig,
+    pub log: LogConfig,
+    /// Runtime worker threads; 0 = one per available CPU.
+    pub workers: usize,
+    pub timeouts: Timeouts,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IdentityConfig {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub bundle: PathBuf,
+    pub spiffe_endpoint_socket: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum InboundMode {
+    Strict,
+    Permissive,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct InboundConfig {
+    pub port: u16,
+    pub mode: InboundMode,
+    pub policy: Option<Vec<RuleConfig>>,
+    /// Connections handled at once; further ones wait in the kernel's accept queue.
+    pub max_connections: usize,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleConfig {
+    pub ports: Vec<PortSpec>,
+    /// Exact SPIFFE IDs, prefixes ending in `/*`, or `*` (anyone, even unauthenticated callers
+    /// in permissive mode). Absent: any SVID of the trust domain.
+    #[serde(default)]
+    pub from: Option<Vec<String>>,
+    #[serde(default)]
+    pub http: Option<Vec<HttpRuleConfig>>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpRuleConfig {
+    /// Absent: any method.
+    #[serde(default)]
+    pub methods: Option<Vec<String>>,
+    /// Exact paths, or prefixes ending in `*`. Absent: any path.
+    #[serde(default)]
+    pub paths: Option<Vec<String>>,
+}
+
+/// A port or an inclusive range, written `8080` or `"8000-8100"`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PortSpec {
+    pub first: u16,
+    pub last: u16,
+}
+
+impl PortSpec {
+    pub fn contains(&self, port: u16) -> bool {
+        (self.first..=self.last).contains(&port)
+    }
+}
+
+impl<'de> Deserialize<'de> for PortSpec {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        let v = Value::deserialize(d)?;
+        let text = match &v {
+            Value::Number(n) => n.to_string(),
+            Value::String(s) => s.clone(),
+            _ => {
+                return Err(D::Error::custom(
+                    "a port is a number (8080) or a range (\"8000-8100\")",
+                ))
+            }
+        };
+        let bad = || {
+            D::Error::custom(format!(
+                "{text:?} is not a port (1-65535) or a range like \"8000-8100\""
+            ))
+        };
+        let parse = |s: &str| s.trim().parse::<u16>().ok().filter(|p| *p != 0);
+        let (first, last) = match text.split_once('-') {
+            Some((a, b)) => (parse(a).ok_or_else(bad)?, parse(b).ok_or_else(bad)?),
+            None => {
+                let p = parse(&text).ok_or_else(bad)?;
+                (p, p)
+            }
+        };
+        if first > last {
+            return Err(bad());
+        }
+        Ok(PortSpec { first, last })
+    }
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum MtlsMode {
+    /// mTLS when the peer proves to be a meshlet proxy, otherwise plain.
+    Auto,
+    /// mTLS required: never falls back.
+    Mtls,
+    /// Plain pass-through.
+    Off,
+}
+
+impl fmt::Display for MtlsMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            MtlsMode::Auto => "auto",
+            MtlsMode::Mtls => "mtls",
+            MtlsMode::Off => "off",
+        })
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OutboundConfig {
+    pub port: u16,
+    pub mtls: MtlsMode,
+    pub destinations: Vec<DestinationConfig>,
+    /// How long `auto` remembers that a destination is not a meshlet proxy.
+    #[serde(deserialize_with = "duration")]
+    pub auto_fallback_ttl: Duration,
+    /// How long `auto` waits for a TLS answer before deciding the peer is not a meshlet proxy.
+    #[serde(deserialize_with = "duration")]
+    pub auto_detect_timeout: Duration,
+    pub max_connections: usize,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DestinationConfig {
+    pub cidr: String,
+    #[serde(default)]
+    pub ports: Option<Vec<PortSpec>>,
+    pub mtls: MtlsMode,
+    #[serde(default)]
+    pub identities: Option<Vec<String>>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    pub address: SocketAddr,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    pub level: String,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Timeouts {
+    /// TCP connect to a backend or peer.
+    #[serde(deserialize_with = "duration")]
+    pub connect: Duration,
+    /// A whole TLS handshake.
+    #[serde(deserialize_with = "duration")]
+    pub handshake: Duration,
+    /// Inbound: how long to wait for the caller's first bytes before deciding what it speaks.
+    #[serde(deserialize_with = "duration")]
+    pub first_byte: Duration,
+    /// Grace period for open connections at shutdown.
+    #[serde(deserialize_with = "duration")]
+    pub drain: Duration,
+}
+
+fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let v = Value::deserialize(d)?;
+    match &v {
+        Value::Number(n) => n
+            .as_u64()
+            .map(Duration::from_secs)
+            .ok_or_else(|| serde::de::Error::custom(format!("{n} is not a duration"))),
+        Value::String(s) => parse_duration(s).map_err(serde::de::Error::custom),
+        _ => Err(serde::de::Error::custom(
+            "a duration is written like 500ms, 5s, 2m or 1h",
+        )),
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            trust_domain: "cluster.local".into(),
+            identity: IdentityConfig::default(),
+            inbound: InboundConfig::default(),
+            outbound: OutboundConfig::default(),
+            admin: AdminConfig::default(),
+            log: LogConfig::default(),
+            workers: 1,
+            timeouts: Timeouts::default(),
+        }
+    }
+}
+
+impl Default for IdentityConfig {
+    fn default() -> Self {
+        IdentityConfig {
+            cert: "/var/run/secrets/meshlet/tls.crt".into(),
+            key: "/var/run/secrets/meshlet/tls.key".into(),
+            bundle: "/var/run/secrets/meshlet/ca.crt".into(),
+            spiffe_endpoint_socket: None,
+        }
+    }
+}
+
+impl Default for InboundConfig {
+    fn default() -> Self {
+        InboundConfig {
+            port: 15006,
+            mode: InboundMode::Strict,
+            policy: None,
+            max_connections: 16384,
+        }
+    }
+}
+
+impl Default for OutboundConfig {
+    fn default() -> Self {
+        OutboundConfig {
+            port: 15001,
+            mtls: MtlsMode::Auto,
+            destinations: Vec::new(),
+            auto_fallback_ttl: Duration::from_secs(60),
+            auto_detect_timeout: Duration::from_secs(2),
+            max_connections: 16384,
+        }
+    }
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            address: SocketAddr::from(([0, 0, 0, 0], 15021)),
+        }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            format: LogFormat::Text,
+            level: "info".into(),
+        }
+    }
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            connect: Duration::from_secs(5),
+            handshake: Duration::from_secs(10),
+            first_byte: Duration::from_secs(10),
+            drain: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Why a configuration was refused: where, which key, and the reason.
+#[derive(Debug, thiserror::Error)]
+#[error("{source_name}: {key}: {reason}")]
+pub struct ConfigError {
+    pub source_name: String,
+    pub key: String,
+    pub reason: String,
+}
+
+/// One `key = value` from a flag or an environment variable.
+#[derive(Clone, Debug)]
+pub struct Override {
+    /// Dotted key, e.g. `inbound.mode`.
+    pub key: &'static str,
+    pub value: String,
+    /// Where it came from, for messages (`--inbound-mode` or `MESHLET_INBOUND_MODE`).
+    pub origin: String,
+    /// The value is YAML (lists, numbers); otherwise it is taken as a plain string.
+    pub yaml: bool,
+}
+
+impl Config {
+    /// Reads the file (if any), applies the overrides, checks everything.
+    pub fn load(file: Option<&Path>, overrides: &[Override]) -> Result<Config, ConfigError> {
+        let source_name = file
+            .map(|f| f.display().to_string())
+            .unwrap_or_else(|| "configuration".into());
+        let err = |key: &str, reason: String| ConfigError {
+            source_name: source_name.clone(),
+            key: key.into(),
+            reason,
+        };
+        let mut tree = match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| err("(file)", format!("cannot read: {e}")))?;
+                if text.trim().is_empty() {
+                    Value::Mapping(Mapping::new())
+                } else {
+                    serde_norway::from_str::<Value>(&text)
+                        .map_err(|e| err("(syntax)", e.to_string()))?
+                }
+            }
+            None => Value::Mapping(Mapping::new()),
+        };
+        if tree.is_null() {
+            tree = Value::Mapping(Mapping::new());
+        }
+        for o in overrides {
+            let value = if o.yaml {
+                serde_norway::from_str::<Value>(&o.value)
+                    .map_err(|e| err(o.key, format!("{} is not valid YAML: {e}", o.origin)))?
+            } else {
+                Value::String(o.value.clone())
+            };
+            set_path(&mut tree, o.key, value).map_err(|reason| err(o.key, reason))?;
+        }
+        let config: Config = serde_path_to_error::deserialize(tree).map_err(|e| {
+            let key = e.path().to_string();
+            err(
+                if key == "." { "(top level)" } else { &key },
+                e.into_inner().to_string(),
+            )
+        })?;
+        config
+            .validate()
+            .map_err(|(key, reason)| err(&key, reason))?;
+        Ok(config)
+    }
+
+    /// Checks what types alone cannot.
+    fn validate(&self) -> Result<(), (String, String)> {
+        validate_trust_domain(&self.trust_domain)
+            .map_err(|e| ("trust_domain".into(), e.to_string()))?;
+        for (key, port) in [
+            ("inbound.port", self.inbound.port),
+            ("outbound.port", self.outbound.port),
+        ] {
+            if port == 0 {
+                return Err((key.into(), "0 is not a port".into()));
+            }
+        }
+        if self.inbound.port == self.outbound.port {
+            return Err((
+                "outbound.port".into(),
+                format!("equals inbound.port ({})", self.inbound.port),
+            ));
+        }
+        if self.admin.address.port() == self.inbound.port
+            || self.admin.address.port() == self.outbound.port
+        {
+            return Err((
+                "admin.address".into(),
+                "uses the port of a proxy listener".into(),
+            ));
+        }
+        for (key, n) in [
+            ("inbound.max_connections", self.inbound.max_connections),
+            ("outbound.max_connections", self.outbound.max_connections),
+        ] {
+            if n == 0 {
+                return Err((key.into(), "must be at least 1".into()));
+            }
+        }
+        if self.workers > 1024 {
+            return Err((
+                "workers".into(),
+                format!(
+                    "{} worker threads is not sensible (0 = one per CPU)",
+                    self.workers
+                ),
+            ));
+        }
+        if tracing_level_ok(&self.log.level).is_err() {
+            return Err((
+                "log.level".into(),
+                format!("{:?} is not a level or filter (trace, debug, info, warn, error, or e.g. meshlet_proxy=debug)", self.log.level),
+            ));
+        }
+        for (i, rule) in self.inbound.policy.iter().flatten().enumerate() {
+            let at = |field: &str| format!("inbound.policy[{i}].{field}");
+            if rule.ports.is_empty() {
+                return Err((at("ports"), "a rule names at least one port".into()));
+            }
+            for (j, from) in rule.from.iter().flatten().enumerate() {
+                crate::policy::IdMatch::parse(from)
+                    .map_err(|reason| (format!("{}[{j}]", at("from")), reason))?;
+            }
+            for (j, http) in rule.http.iter().flatten().enumerate() {
+                for (k, m) in http.methods.iter().flatten().enumerate() {
+                    if m.is_empty() || !m.bytes().all(|b| b.is_ascii_uppercase()) {
+                        return Err((
+                            format!("{}[{j}].methods[{k}]", at("http")),
+                            format!("{m:?} is not an HTTP method in upper case (GET, POST, ...)"),
+                        ));
+                    }
+                }
+                for (k, p) in http.paths.iter().flatten().enumerate() {
+                    if !p.starts_with('/') {
+                        return Err((
+                            format!("{}[{j}].paths[{k}]", at("http")),
+                            format!("{p:?} does not start with '/'"),
+                        ));
+                    }
+                    if p[..p.len() - usize::from(p.ends_with('*'))].contains('*') {
+                        return Err((
+                            format!("{}[{j}].paths[{k}]", at("http")),
+                            format!("{p:?}: '*' is only allowed at the end (prefix match)"),
+                        ));
+                    }
+                }
+            }
+        }
+        for (i, d) in self.outbound.destinations.iter().enumerate() {
+            let at = |field: &str| format!("outbound.destinations[{i}].{field}");
+            parse_cidr(&d.cidr).map_err(|reason| (at("cidr"), reason))?;
+            if let Some(ids) = &d.identities {
+                if d.mtls != MtlsMode::Mtls {
+                    return Err((
+                        at("identities"),
+                        format!(
+                            "pinning identities needs mtls: mtls (this destination is {})",
+                            d.mtls
+                        ),
+                    ));
+                }
+                for (j, id) in ids.iter().enumerate() {
+                    SpiffeId::parse(id)
+                        .map_err(|e| (format!("{}[{j}]", at("identities")), e.to_string()))?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub fn identity_files(&self) -> IdentityFiles {
+        IdentityFiles {
+            cert: self.identity.cert.clone(),
+            key: self.identity.key.clone(),
+            bundle: self.identity.bundle.clone(),
+        }
+    }
+}
+
+fn tracing_level_ok(level: &str) -> Result<(), ()> {
+    // Accepts a plain level or a tracing filter directive list; refuses obvious garbage.
+    let ok = level.split(',').all(|d| {
+        let lvl = d.rsplit('=').next().unwrap_or("");
+        matches!(
+            lvl.trim().to_ascii_lowercase().as_str(),
+            "trace" | "debug" | "info" | "warn" | "error" | "off"
+        )
+    });
+    if ok && !level.is_empty() {
+        Ok(())
+    } else {
+        Err(())
+    }
+}
+
+/// Parses a CIDR or a bare address (a host route).
+pub fn parse_cidr(text: &str) -> Result<IpNet, String> {
+    text.parse::<IpNet>()
+        .map(|n| n.trunc())
+        .or_else(|_| text.parse::<IpAddr>().map(IpNet::from))
+        .map_err(|_| format!("{text:?} is not a CIDR (e.g. 198.18.0.0/15 or 2001:2::/48)"))
+}
+
+/// Sets `a.b.c` in a YAML tree, creating mappings on the way.
+fn set_path(tree: &mut Value, key: &str, value: Value) -> Result<(), String> {
+    let mut node = tree;
+    let parts: Vec<&str> = key.split('.').collect();
+    for (i, part) in parts.iter().enumerate() {
+        let map = match node {
+            Value::Mapping(m) => m,
+            _ => {
+                return Err(format!(
+                    "cannot set {key}: {} is not a mapping in the file",
+                    parts[..i].join(".")
+                ))
+            }
+        };
+        let k = Value::String((*part).to_owned());
+        if i + 1 == parts.len() {
+            map.insert(k, value);
+            return Ok(());
+        }
+        node = map
+            .entry(k)
+            .or_insert_with(|| Value::Mapping(Mapping::new()));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn file(text: &str) -> tempfile::NamedTempFile {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        f.write_all(text.as_bytes()).unwrap();
+        f
+    }
+
+    fn ov(key: &'static str, value: &str, yaml: bool) -> Override {
+        Override {
+            key,
+            value: value.into(),
+            origin: format!("--{key}"),
+            yaml,
+        }
+    }
+
+    #[test]
+    fn defaults_are_the_documented_ones() {
+        let c = Config::load(None, &[]).unwrap();
+        assert_eq!(c.trust_domain, "cluster.local");
+        assert_eq!(c.inbound.port, 15006);
+        assert_eq!(c.inbound.mode, InboundMode::Strict);
+        assert_eq!(c.outbound.port, 15001);
+        assert_eq!(c.outbound.mtls, MtlsMode::Auto);
+        assert_eq!(c.admin.address.to_string(), "0.0.0.0:15021");
+        assert_eq!(c.workers, 1);
+        assert_eq!(
+            c.identity.cert,
+            PathBuf::from("/var/run/secrets/meshlet/tls.crt")
+        );
+    }
+
+    #[test]
+    fn the_design_example_parses() {
+        let f = file(
+            r#"
+trust_domain: cluster.local
+identity: {cert: /x/tls.crt, key: /x/tls.key, bundle: /x/ca.crt}
+inbound:
+  port: 15006
+  mode: permissive
+  policy:
+    - ports: [8080, "9000-9100"]
+      from: [spiffe://cluster.local/ns/default/sa/pod-worker, "spiffe://cluster.local/ns/x/*"]
+      http:
+        - methods: [GET]
+          paths: [/headers, "/api/*"]
+outbound:
+  mtls: auto
+  destinations:
+    - cidr: 198.18.0.0/15
+      ports: [8080]
+      mtls: mtls
+      identities: [spiffe://cluster.local/ns/default/sa/echo]
+admin: {address: "127.0.0.1:15021"}
+log: {format: json, level: debug}
+workers: 0
+timeouts: {connect: 2s, drain: 500ms}
+"#,
+        );
+        let c = Config::load(Some(f.path()), &[]).unwrap();
+        assert_eq!(c.inbound.mode, InboundMode::Permissive);
+        let rule = &c.inbound.policy.as_ref().unwrap()[0];
+        assert_eq!(
+            rule.ports[1],
+            PortSpec {
+                first: 9000,
+                last: 9100
+            }
+        );
+        assert_eq!(c.outbound.destinations[0].mtls, MtlsMode::Mtls);
+        assert_eq!(c.timeouts.drain, Duration::from_millis(500));
+        assert_eq!(c.log.format, LogFormat::Json);
+    }
+
+    #[test]
+    fn an_unknown_key_is_refused_with_file_and_key() {
+        let f = file("inbound:\n  mdoe: strict\n");
+        let e = Config::load(Some(f.path()), &[]).unwrap_err();
+        assert_eq!(e.source_name, f.path().display().to_string());
+        assert!(e.to_string().contains("mdoe"), "{e}");
+    }
+
+    #[test]
+    fn a_bad_value_is_refused_naming_the_key() {
+        let f = file("outbound:\n  destinations:\n    - cidr: 198.18.0.0/33\n      mtls: mtls\n");
+        let e = Config::load(Some(f.path()), &[]).unwrap_err();
+        assert_eq!(e.key, "outbound.destinations[0].cidr");
+        let f = file("inbound:\n  mode: strcit\n");
+        let e = Config::load(Some(f.path()), &[]).unwrap_err();
+        assert_eq!(e.key, "inbound.mode");
+        let f = file("inbound:\n  policy:\n    - ports: [70000]\n");
+        assert!(Config::load(Some(f.path()), &[]).is_err());
+        let f = file("inbound:\n  policy:\n    - ports: [80]\n      from: [\"spiffe://td/a*\"]\n");
+        let e = Config::load(Some(f.path()), &[]).unwrap_err();
+        assert_eq!(e.key, "inbound.policy[0].from[0]");
+    }
+
+    #[test]
+    fn pinned_identities_require_mtls() {
+        let f = file("outbound:\n  destinations:\n    - cidr: 198.18.0.0/15\n      mtls: auto\n      identities: [spiffe://cluster.local/x]\n");
+        let e = Config::load(Some(f.path()), &[]).unwrap_err();
+        assert_eq!(e.key, "outbound.destinations[0].identities");
+    }
+
+    #[test]
+    fn overrides_win_over_the_file() {
+        let f = file("inbound:\n  mode: strict\n  port: 15006\n");
+        let c = Config::load(
+            Some(f.path()),
+            &[
+                ov("inbound.mode", "permissive", false),
+                ov("inbound.port", "16006", true),
+                ov("trust_domain", "prod.example", false),
+                ov(
+                    "outbound.destinations",
+                    "[{cidr: 198.18.0.0/15, mtls: off}]",
+                    true,
+                ),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.inbound.mode, InboundMode::Permissive);
+        assert_eq!(c.inbound.port, 16006);
+        assert_eq!(c.trust_domain, "prod.example");
+        assert_eq!(c.outbound.destinations[0].mtls, MtlsMode::Off);
+        let e = Config::load(None, &[ov("inbound.port", "abc", true)]).unwrap_err();
+        assert_eq!(e.key, "inbound.port");
+    }
+}

@@ -1,0 +1,202 @@
+//! HTTP on inbound policy ports: every request is authorized by method and normalized path, the
+//! app learns the caller's identity in `x-forwarded-client-cert`, and a refused request gets
+//! `403 Access denied` without ever reaching the app. The connection stays usable either way.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::header::{HeaderValue, CONNECTION, UPGRADE};
+use http::{Request, Response, StatusCode, Uri};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use meshlet_identity::SpiffeId;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tracing::{debug, warn};
+
+use crate::http_path;
+use crate::metrics::HttpLabels;
+use crate::Shared;
+
+pub const XFCC: &str = "x-forwarded-client-cert";
+
+type Body = BoxBody<Bytes, hyper::Error>;
+
+/// Pooled clients to the local app, HTTP/1.1 and HTTP/2 (used when the caller speaks HTTP/2).
+#[derive(Clone)]
+pub struct AppClients {
+    h1: Client<HttpConnector, Incoming>,
+    h2: Client<HttpConnector, Incoming>,
+}
+
+impl AppClients {
+    pub fn new(connect_timeout: std::time::Duration) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(connect_timeout));
+        let h1 = Client::builder(TokioExecutor::new()).build(connector.clone());
+        let h2 = Client::builder(TokioExecutor::new())
+            .http2_only(true)
+            .build(connector);
+        AppClients { h1, h2 }
+    }
+}
+
+fn text(status: StatusCode, body: &'static str) -> Response<Body> {
+    let mut resp = Response::new(
+        Full::new(Bytes::from_static(body.as_bytes()))
+            .map_err(|e| match e {})
+            .boxed(),
+    );
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain"),
+    );
+    resp
+}
+
+/// Serves HTTP/1.1 or HTTP/2 on an authenticated stream until the caller closes it.
+pub async fn serve_inbound<S>(
+    shared: Arc<Shared>,
+    stream: S,
+    peer: SocketAddr,
+    dst: SocketAddr,
+    caller: SpiffeId,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let ctx = Arc::new(RequestCtx {
+        by: format!("By={};URI={}", shared.store.current().id, caller),
+        caller,
+        dst,
+        peer,
+    });
+    let service = hyper::service::service_fn(|req: Request<Incoming>| {
+        let (ctx, shared) = (ctx.clone(), shared.clone());
+        async move { Ok::<_, Infallible>(handle_request(&shared, &ctx, req).await) }
+    });
+    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    if let Err(e) = builder
+        .serve_connection_with_upgrades(TokioIo::new(stream), service)
+        .await
+    {
+        debug!(%peer, error = %e, "HTTP connection ended with an error");
+    }
+}
+
+struct RequestCtx {
+    caller: SpiffeId,
+    /// The `x-forwarded-client-cert` value for this connection.
+    by: String,
+    dst: SocketAddr,
+    peer: SocketAddr,
+}
+
+async fn handle_request(
+    shared: &Shared,
+    ctx: &RequestCtx,
+    mut req: Request<Incoming>,
+) -> Response<Body> {
+    let port = ctx.dst.port();
+    let method = req.method().as_str().to_owned();
+    let raw_path = req.uri().path().to_owned();
+    let count = |decision: &'static str, reason: &'static str| {
+        shared
+            .metrics
+            .http_requests
+            .get_or_create(&HttpLabels {
+                port: port.to_string(),
+                decision,
+                reason,
+            })
+            .inc();
+    };
+    let path = match http_path::normalize(&raw_path) {
+        Ok(p) => p,
+        Err(unsafe_path) => {
+            count("denied", "unsafe_path");
+            warn!(caller = %ctx.caller, peer = %ctx.peer, %method, path = %raw_path, reason = unsafe_path.0, "request refused: path cannot be normalized safely");
+            return text(
+                StatusCode::BAD_REQUEST,
+                "Bad request: path cannot be normalized safely\n",
+            );
+        }
+    };
+    if let Err(denial) = shared
+        .policy
+        .check_request(Some(&ctx.caller), port, &method, &path)
+    {
+        count("denied", denial.reason);
+        warn!(caller = %ctx.caller, peer = %ctx.peer, %method, %path, reason = denial.reason, "request refused: {}", denial.detail);
+        return text(StatusCode::FORBIDDEN, "Access denied\n");
+    }
+    count("allowed", "policy");
+
+    // Forward what was matched: the normalized path, with the original query.
+    let target = match req.uri().query() {
+        Some(q) => format!("http://{}{}?{}", ctx.dst, path, q),
+        None => format!("http://{}{}", ctx.dst, path),
+    };
+    let Ok(uri) = target.parse::<Uri>() else {
+        count("denied", "bad_target");
+        return text(StatusCode::BAD_REQUEST, "Bad request\n");
+    };
+    let is_h2 = req.version() == http::Version::HTTP_2;
+    if is_h2 && req.headers().get(http::header::HOST).is_none() {
+        if let Some(authority) = req.uri().authority().cloned() {
+            if let Ok(v) = HeaderValue::from_str(authority.as_str()) {
+                req.headers_mut().insert(http::header::HOST, v);
+            }
+        }
+    }
+    *req.uri_mut() = uri;
+    let headers = req.headers_mut();
+    headers.remove(XFCC);
+    if let Ok(v) = HeaderValue::from_str(&ctx.by) {
+        headers.insert(XFCC, v);
+    }
+
+    let wants_upgrade = req.headers().contains_key(UPGRADE)
+        && req
+            .headers()
+            .get(CONNECTION)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.to_ascii_lowercase().contains("upgrade"));
+    let caller_upgrade = wants_upgrade.then(|| hyper::upgrade::on(&mut req));
+
+    let client = if is_h2 {
+        &shared.http.h2
+    } else {
+        &shared.http.h1
+    };
+    let result = client.request(req).await;
+    let mut resp = match result {
+        Ok(r) => r,
+        Err(e) => {
+            warn!(caller = %ctx.caller, dst = %ctx.dst, error = %e, "app unreachable for an allowed request");
+            return text(StatusCode::SERVICE_UNAVAILABLE, "Service unavailable\n");
+        }
+    };
+    if let (Some(caller_upgrade), StatusCode::SWITCHING_PROTOCOLS) = (caller_upgrade, resp.status())
+    {
+        let app_upgrade = hyper::upgrade::on(&mut resp);
+        let metrics = shared.metrics.clone();
+        tokio::spawn(async move {
+            match (caller_upgrade.await, app_upgrade.await) {
+                (Ok(c), Ok(a)) => {
+                    let (mut c, mut a) = (TokioIo::new(c), TokioIo::new(a));
+                    crate::copy::bidirectional(crate::metrics::INBOUND, &metrics, &mut c, &mut a)
+                        .await;
+                }
+                (c, a) => debug!(caller_ok = c.is_ok(), app_ok = a.is_ok(), "upgrade failed"),
+            }
+        });
+    }
+    resp.map(|b| b.boxed())
+}

@@ -1,0 +1,163 @@
+//! Path normalization and matching for HTTP policy, so that a forbidden path cannot be reached
+//! through an allowed prefix with encodings, dot segments or duplicate slashes.
+
+/// An exact path, or a prefix when written with a trailing `*`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PathMatch {
+    Exact(String),
+    Prefix(String),
+}
+
+impl PathMatch {
+    pub fn parse(text: &str) -> Result<Self, String> {
+        match text.strip_suffix('*') {
+            Some(prefix) => Ok(PathMatch::Prefix(prefix.to_owned())),
+            None => Ok(PathMatch::Exact(text.to_owned())),
+        }
+    }
+
+    /// `path` must be the output of [`normalize`].
+    pub fn matches(&self, path: &str) -> bool {
+        match self {
+            PathMatch::Exact(p) => path == p,
+            PathMatch::Prefix(p) => path.starts_with(p.as_str()),
+        }
+    }
+}
+
+/// Why a path was refused outright.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Unsafe(pub &'static str);
+
+/// Decodes and normalizes the path part of a request target (query and fragment removed):
+/// percent-decoding of unreserved characters, `.` and `..` resolution, duplicate slashes merged.
+/// Encoded `/`, `\`, NUL or control characters, and invalid encodings are refused: they cannot be
+/// normalized without guessing how the app will read them.
+pub fn normalize(target: &str) -> Result<String, Unsafe> {
+    let path = target.split(['?', '#']).next().unwrap_or("");
+    if !path.starts_with('/') {
+        return Err(Unsafe("the path does not start with '/'"));
+    }
+    let bytes = path.as_bytes();
+    let mut decoded = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        if b == b'%' {
+            let hex = |c: u8| (c as char).to_digit(16);
+            let (Some(h), Some(l)) = (
+                bytes.get(i + 1).and_then(|c| hex(*c)),
+                bytes.get(i + 2).and_then(|c| hex(*c)),
+            ) else {
+                return Err(Unsafe("invalid percent-encoding"));
+            };
+            let c = (h * 16 + l) as u8;
+            if c == b'/' || c == b'\\' {
+                return Err(Unsafe("encoded slash or backslash"));
+            }
+            if c < 0x20 || c == 0x7f {
+                return Err(Unsafe("encoded control character"));
+            }
+            decoded.push(c);
+            i += 3;
+        } else {
+            if b == b'\\' {
+                return Err(Unsafe("backslash in path"));
+            }
+            if b < 0x20 || b == 0x7f {
+                return Err(Unsafe("control character in path"));
+            }
+            decoded.push(b);
+            i += 1;
+        }
+    }
+    let decoded =
+        String::from_utf8(decoded).map_err(|_| Unsafe("path is not UTF-8 once decoded"))?;
+    let mut segments: Vec<&str> = Vec::new();
+    for seg in decoded.split('/') {
+        match seg {
+            "" | "." => {}
+            ".." => {
+                segments.pop();
+            }
+            s => segments.push(s),
+        }
+    }
+    let mut out = String::with_capacity(decoded.len());
+    for s in &segments {
+        out.push('/');
+        out.push_str(s);
+    }
+    let trailing = decoded.ends_with('/') || decoded.ends_with("/.") || decoded.ends_with("/..");
+    if out.is_empty() || (trailing && !segments.is_empty()) {
+        out.push('/');
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_paths_stay_as_they_are() {
+        assert_eq!(normalize("/headers").unwrap(), "/headers");
+        assert_eq!(normalize("/").unwrap(), "/");
+        assert_eq!(normalize("/a/b/").unwrap(), "/a/b/");
+    }
+
+    #[test]
+    fn query_and_fragment_are_not_part_of_the_path() {
+        assert_eq!(normalize("/headers?x=/admin").unwrap(), "/headers");
+        assert_eq!(normalize("/headers#/admin").unwrap(), "/headers");
+        assert_eq!(normalize("/admin%3Fx=1").unwrap(), "/admin?x=1");
+    }
+
+    #[test]
+    fn dot_segments_and_double_slashes_are_resolved() {
+        assert_eq!(normalize("/public/../admin").unwrap(), "/admin");
+        assert_eq!(normalize("/public/./x").unwrap(), "/public/x");
+        assert_eq!(normalize("//admin").unwrap(), "/admin");
+        assert_eq!(normalize("/public//..//admin").unwrap(), "/admin");
+        assert_eq!(normalize("/../../admin").unwrap(), "/admin");
+    }
+
+    #[test]
+    fn encoded_dots_are_decoded_before_resolving() {
+        assert_eq!(normalize("/public/%2e%2e/admin").unwrap(), "/admin");
+        assert_eq!(normalize("/public/%2E./admin").unwrap(), "/admin");
+        assert_eq!(normalize("/head%65rs").unwrap(), "/headers");
+    }
+
+    #[test]
+    fn what_cannot_be_normalized_safely_is_refused() {
+        assert!(normalize("/public%2f..%2fadmin").is_err());
+        assert!(normalize("/public%5c..%5cadmin").is_err());
+        assert!(normalize("/a\\b").is_err());
+        assert!(normalize("/a%00b").is_err());
+        assert!(normalize("/a%zz").is_err());
+        assert!(normalize("/a%2").is_err());
+        assert!(normalize("*").is_err());
+        assert!(normalize("http://x/a").is_err());
+    }
+
+    #[test]
+    fn an_allowed_prefix_does_not_reach_a_forbidden_path() {
+        let allowed = PathMatch::parse("/public/*").unwrap();
+        for trick in [
+            "/public/../admin",
+            "/public/%2e%2e/admin",
+            "/public/..%2fadmin",
+            "//public/../admin",
+        ] {
+            match normalize(trick) {
+                Ok(p) => assert!(!allowed.matches(&p), "{trick} -> {p} matched"),
+                Err(_) => {}
+            }
+        }
+        let exact = PathMatch::parse("/headers").unwrap();
+        assert!(!exact.matches(&normalize("/headers-1").unwrap()));
+        assert!(!exact.matches(&normalize("/headers/").unwrap()));
+        assert!(exact.matches(&normalize("/headers?a=b").unwrap()));
+    }
+}

@@ -1,0 +1,86 @@
+//! Binding listeners and the accept loop shared by both directions.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tracing::{debug, warn};
+
+use crate::Shared;
+
+/// Binds a listening socket. IPv6 sockets are v6-only (the IPv4 listener is separate);
+/// `Ok(None)` when the address is IPv6 and this host has no IPv6.
+pub fn bind(addr: SocketAddr) -> anyhow::Result<Option<TcpListener>> {
+    let socket = match Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP)) {
+        Ok(s) => s,
+        Err(e) if addr.is_ipv6() => {
+            warn!(%addr, error = %e, "IPv6 unavailable; not listening on it");
+            return Ok(None);
+        }
+        Err(e) => return Err(e).with_context(|| format!("{addr}: cannot create socket")),
+    };
+    if addr.is_ipv6() {
+        socket
+            .set_only_v6(true)
+            .with_context(|| format!("{addr}: IPV6_V6ONLY"))?;
+    }
+    socket
+        .set_reuse_address(true)
+        .with_context(|| format!("{addr}: SO_REUSEADDR"))?;
+    socket.set_nonblocking(true)?;
+    if let Err(e) = socket.bind(&addr.into()) {
+        if addr.is_ipv6() && e.kind() == std::io::ErrorKind::AddrNotAvailable {
+            warn!(%addr, "IPv6 address unavailable; not listening on it");
+            return Ok(None);
+        }
+        return Err(e)
+            .with_context(|| format!("{addr}: cannot listen (is another proxy running?)"));
+    }
+    socket
+        .listen(1024)
+        .with_context(|| format!("{addr}: listen"))?;
+    Ok(Some(TcpListener::from_std(socket.into())?))
+}
+
+/// Accepts until shutdown. At most as many connections as the semaphore has permits are
+/// handled at once; beyond that, callers wait in the kernel's accept queue.
+pub async fn serve<F, Fut>(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    limit: Arc<Semaphore>,
+    handler: F,
+) where
+    F: Fn(TcpStream, SocketAddr) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let mut stop = shared.shutdown.subscribe();
+    loop {
+        let permit = tokio::select! {
+            p = limit.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
+            _ = stop.wait_for(|s| *s) => return,
+        };
+        let accepted = tokio::select! {
+            r = listener.accept() => r,
+            _ = stop.wait_for(|s| *s) => return,
+        };
+        match accepted {
+            Ok((conn, peer)) => {
+                let task = handler(conn, peer);
+                tokio::spawn(async move {
+                    task.await;
+                    drop(permit);
+                });
+            }
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning.
+                debug!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+}

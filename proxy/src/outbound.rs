@@ -1,0 +1,138 @@
+//! Outbound: an app's connection, redirected to us, leaves as mTLS to the peer's proxy (or
+//! plain, per `outbound.mtls` and `outbound.destinations`).
+//!
+//! accept → original destination → route → connect (mTLS or plain) → copy.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::TcpStream;
+use tracing::{debug, info, warn};
+
+use crate::config::MtlsMode;
+use crate::connector::{self, ConnectError};
+use crate::copy;
+use crate::metrics::OUTBOUND;
+use crate::orig_dst::OriginalDst;
+use crate::Shared;
+
+pub async fn handle(
+    shared: Arc<Shared>,
+    mut app: TcpStream,
+    peer: SocketAddr,
+    dst_mode: OriginalDst,
+) {
+    let _active = shared.metrics.track(OUTBOUND);
+    let dst = match dst_mode.of(&app) {
+        Ok(dst) => dst,
+        Err(e) => {
+            return refuse(
+                &shared,
+                peer,
+                None,
+                "no_original_dst",
+                &format!("not a redirected connection: {e}"),
+            );
+        }
+    };
+    if dst.port() == shared.config.outbound.port
+        && (dst.ip().is_loopback() || dst.ip().is_unspecified())
+    {
+        return refuse(
+            &shared,
+            peer,
+            Some(dst),
+            "loop",
+            "connection to the outbound port itself",
+        );
+    }
+    let _ = app.set_nodelay(true);
+    let route = shared.routes.lookup(dst);
+    match route.mode {
+        MtlsMode::Off => plain(&shared, app, peer, dst).await,
+        MtlsMode::Mtls => {
+            let timeout = shared.config.timeouts.handshake;
+            match connector::connect_mesh(&shared, dst, route.identities.as_deref(), timeout).await
+            {
+                Ok((mut tls, id)) => {
+                    debug!(%peer, %dst, server = %id, "outbound mTLS established");
+                    shared.metrics.opened(OUTBOUND, "mtls");
+                    copy::bidirectional(OUTBOUND, &shared.metrics, &mut app, &mut tls).await;
+                }
+                Err(e) => mesh_failed(
+                    &shared,
+                    peer,
+                    dst,
+                    &e,
+                    "mtls is required for this destination; nothing was sent",
+                ),
+            }
+        }
+        MtlsMode::Auto => {
+            if shared.routes.known_plain(dst) {
+                return plain(&shared, app, peer, dst).await;
+            }
+            let timeout = shared.config.outbound.auto_detect_timeout;
+            match connector::connect_mesh(&shared, dst, None, timeout).await {
+                Ok((mut tls, id)) => {
+                    debug!(%peer, %dst, server = %id, "outbound mTLS established (auto)");
+                    shared.metrics.opened(OUTBOUND, "mtls");
+                    copy::bidirectional(OUTBOUND, &shared.metrics, &mut app, &mut tls).await;
+                }
+                Err(e) if e.peer_is_not_mesh() => {
+                    info!(%peer, %dst, reason = e.reason(), error = %e, "auto: peer is not a meshlet proxy; falling back to plaintext");
+                    shared.metrics.auto_fallbacks.inc();
+                    shared.routes.remember_plain(dst);
+                    plain(&shared, app, peer, dst).await
+                }
+                Err(e) => mesh_failed(&shared, peer, dst, &e, "destination unreachable"),
+            }
+        }
+    }
+}
+
+async fn plain(shared: &Shared, mut app: TcpStream, peer: SocketAddr, dst: SocketAddr) {
+    match connector::connect_tcp(dst, shared.config.timeouts.connect).await {
+        Ok(mut upstream) => {
+            shared.metrics.opened(OUTBOUND, "plain");
+            copy::bidirectional(OUTBOUND, &shared.metrics, &mut app, &mut upstream).await;
+        }
+        Err(e) => refuse(
+            shared,
+            peer,
+            Some(dst),
+            "connect_failed",
+            &format!("cannot connect to {dst}: {e}"),
+        ),
+    }
+}
+
+fn mesh_failed(
+    shared: &Shared,
+    peer: SocketAddr,
+    dst: SocketAddr,
+    err: &ConnectError,
+    consequence: &str,
+) {
+    if !matches!(err, ConnectError::Connect { .. }) {
+        shared.metrics.handshake_failed(OUTBOUND, err.reason());
+    }
+    refuse(
+        shared,
+        peer,
+        Some(dst),
+        err.reason(),
+        &format!("{err}; {consequence}"),
+    );
+}
+
+fn refuse(
+    shared: &Shared,
+    peer: SocketAddr,
+    dst: Option<SocketAddr>,
+    reason: &'static str,
+    detail: &str,
+) {
+    shared.metrics.refused(OUTBOUND, reason);
+    warn!(direction = OUTBOUND, %peer, dst = ?dst, reason, "connection refused: {detail}");
+}

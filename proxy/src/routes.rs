@@ -1,0 +1,162 @@
+//! Outbound routing: which destinations get mTLS, and what `auto` has learned about peers.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use ipnet::IpNet;
+use meshlet_identity::SpiffeId;
+
+use crate::config::{parse_cidr, MtlsMode, OutboundConfig, PortSpec};
+
+/// How to reach one destination.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Route {
+    pub mode: MtlsMode,
+    /// The server must present one of these (only with `mtls`).
+    pub identities: Option<Vec<SpiffeId>>,
+}
+
+struct Entry {
+    net: IpNet,
+    ports: Option<Vec<PortSpec>>,
+    route: Route,
+}
+
+/// Bound on remembered fallbacks, so a scan of many addresses cannot grow memory without end.
+const MAX_REMEMBERED: usize = 4096;
+
+pub struct Routes {
+    entries: Vec<Entry>,
+    default: Route,
+    fallback_ttl: Duration,
+    /// Destinations found not to be meshlet proxies, until when.
+    plain_until: Mutex<HashMap<SocketAddr, Instant>>,
+}
+
+impl Routes {
+    pub fn new(config: &OutboundConfig) -> Result<Self, String> {
+        let entries = config
+            .destinations
+            .iter()
+            .map(|d| {
+                Ok(Entry {
+                    net: parse_cidr(&d.cidr)?,
+                    ports: d.ports.clone(),
+                    route: Route {
+                        mode: d.mtls,
+                        identities: d
+                            .identities
+                            .as_ref()
+                            .map(|ids| {
+                                ids.iter()
+                                    .map(|i| SpiffeId::parse(i).map_err(|e| e.to_string()))
+                                    .collect()
+                            })
+                            .transpose()?,
+                    },
+                })
+            })
+            .collect::<Result<_, String>>()?;
+        Ok(Routes {
+            entries,
+            default: Route {
+                mode: config.mtls,
+                identities: None,
+            },
+            fallback_ttl: config.auto_fallback_ttl,
+            plain_until: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The first destination entry that matches, else the default.
+    pub fn lookup(&self, dst: SocketAddr) -> &Route {
+        self.entries
+            .iter()
+            .find(|e| {
+                e.net.contains(&dst.ip())
+                    && e.ports
+                        .as_ref()
+                        .is_none_or(|ps| ps.iter().any(|p| p.contains(dst.port())))
+            })
+            .map(|e| &e.route)
+            .unwrap_or(&self.default)
+    }
+
+    /// Whether `auto` recently learned that `dst` is not a meshlet proxy.
+    pub fn known_plain(&self, dst: SocketAddr) -> bool {
+        let Ok(mut map) = self.plain_until.lock() else {
+            return false;
+        };
+        match map.get(&dst) {
+            Some(until) if *until > Instant::now() => true,
+            Some(_) => {
+                map.remove(&dst);
+                false
+            }
+            None => false,
+        }
+    }
+
+    pub fn remember_plain(&self, dst: SocketAddr) {
+        let Ok(mut map) = self.plain_until.lock() else {
+            return;
+        };
+        let now = Instant::now();
+        if map.len() >= MAX_REMEMBERED {
+            map.retain(|_, until| *until > now);
+            if map.len() >= MAX_REMEMBERED {
+                map.clear();
+            }
+        }
+        map.insert(dst, now + self.fallback_ttl);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    fn routes(yaml: &str) -> Routes {
+        let f = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(f.path(), yaml).unwrap();
+        Routes::new(&Config::load(Some(f.path()), &[]).unwrap().outbound).unwrap()
+    }
+
+    #[test]
+    fn the_first_matching_destination_wins_and_ports_narrow_it() {
+        let r = routes(
+            "outbound:\n  mtls: off\n  destinations:\n    - {cidr: 198.18.1.0/24, ports: [8080], mtls: mtls}\n    - {cidr: 198.18.0.0/15, mtls: auto}\n",
+        );
+        assert_eq!(
+            r.lookup("198.18.1.5:8080".parse().unwrap()).mode,
+            MtlsMode::Mtls
+        );
+        assert_eq!(
+            r.lookup("198.18.1.5:9090".parse().unwrap()).mode,
+            MtlsMode::Auto
+        );
+        assert_eq!(
+            r.lookup("198.19.200.1:80".parse().unwrap()).mode,
+            MtlsMode::Auto
+        );
+        assert_eq!(
+            r.lookup("[2001:2::1]:80".parse().unwrap()).mode,
+            MtlsMode::Off
+        );
+    }
+
+    #[test]
+    fn auto_fallbacks_are_remembered_per_destination_until_the_ttl() {
+        let r = routes("outbound:\n  auto_fallback_ttl: 1s\n");
+        let a: SocketAddr = "198.18.0.1:80".parse().unwrap();
+        assert!(!r.known_plain(a));
+        r.remember_plain(a);
+        assert!(r.known_plain(a));
+        assert!(!r.known_plain("198.18.0.1:81".parse().unwrap()));
+        std::thread::sleep(Duration::from_millis(1100));
+        assert!(!r.known_plain(a));
+    }
+}
