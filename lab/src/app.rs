@@ -51,6 +51,12 @@ enum AppCommand {
         json: bool,
         paths: Vec<String>,
     },
+    /// Accepts connections and prints each one's original destination (SO_ORIGINAL_DST), to
+    /// check capture rules without a proxy.
+    Origdst {
+        #[arg(long)]
+        listen: SocketAddr,
+    },
     /// Sends N bytes to an echo server, half-closes, and checks that exactly they come back.
     Send {
         #[arg(long)]
@@ -93,6 +99,7 @@ pub fn run(args: AppArgs) -> anyhow::Result<()> {
                 }
                 Ok(())
             }
+            AppCommand::Origdst { listen } => print_original_destinations(listen).await,
             AppCommand::Send { addr, bytes } => {
                 let n = send_and_check(addr, bytes).await?;
                 println!("echoed {n} bytes intact");
@@ -142,6 +149,26 @@ fn describe(name: &str, peer: SocketAddr, req: &Request<Incoming>) -> Response<F
         ));
     }
     Response::new(Full::new(Bytes::from(body)))
+}
+
+async fn print_original_destinations(listen: SocketAddr) -> anyhow::Result<()> {
+    let listener = TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen}"))?;
+    eprintln!("origdst listening on {listen}");
+    loop {
+        let (conn, peer) = listener.accept().await?;
+        let sock = socket2::SockRef::from(&conn);
+        let dst = if listen.is_ipv4() {
+            sock.original_dst_v4()
+        } else {
+            sock.original_dst_v6()
+        };
+        match dst.map(|a| a.as_socket()) {
+            Ok(Some(dst)) => eprintln!("from {peer} original destination {dst}"),
+            Ok(None) | Err(_) => eprintln!("from {peer} original destination none"),
+        }
+    }
 }
 
 async fn serve_echo(listen: SocketAddr) -> anyhow::Result<()> {

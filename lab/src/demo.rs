@@ -3,7 +3,6 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::Args;
@@ -211,7 +210,6 @@ fn story(exe: &std::path::Path, keep: bool) -> anyhow::Result<()> {
         drop(mesh);
         println!("\ndone: namespaces, rules, processes and files removed.");
     }
-    std::thread::sleep(Duration::from_millis(10));
     Ok(())
 }
 

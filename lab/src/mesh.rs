@@ -124,7 +124,7 @@ impl Mesh {
             "demo-app",
             "serve",
             "--listen",
-            &format!("0.0.0.0:{port}"),
+            &format!("[::]:{port}"),
             "--name",
             &pod.name,
         ]);
@@ -140,12 +140,10 @@ impl Mesh {
     /// Starts the echo server in the pod on `port`.
     pub fn start_echo(&mut self, pod: &Pod, port: u16) -> anyhow::Result<()> {
         let mut cmd = self.lab.cmd(pod, &self.exe);
-        cmd.args(["demo-app", "echo", "--listen", &format!("0.0.0.0:{port}")]);
+        cmd.args(["demo-app", "echo", "--listen", &format!("[::]:{port}")]);
         let log = self.dir.join(format!("{}-echo-{port}.log", pod.name));
         self.lab
-            .spawn(&format!("echo-{}-{port}", pod.name), cmd, &log)?;
-        std::thread::sleep(Duration::from_millis(200));
-        self.lab.check_alive()
+            .spawn_until(&format!("echo-{}-{port}", pod.name), cmd, &log, "listening")
     }
 
     /// Sends HTTP requests from inside `from` over one connection (keep-alive).

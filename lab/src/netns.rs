@@ -208,6 +208,26 @@ impl Lab {
         Ok(())
     }
 
+    /// Like [`Lab::spawn`], then waits until the log shows `marker` (e.g. "listening").
+    pub fn spawn_until(
+        &mut self,
+        what: &str,
+        cmd: Command,
+        log: &Path,
+        marker: &str,
+    ) -> anyhow::Result<()> {
+        self.spawn(what, cmd, log)?;
+        Self::wait_for(Duration::from_secs(10), || {
+            self.check_alive()?;
+            let text = std::fs::read_to_string(log).unwrap_or_default();
+            if text.contains(marker) {
+                Ok(())
+            } else {
+                bail!("{what} did not log {marker:?}: {text}")
+            }
+        })
+    }
+
     /// Fails if a process started with [`Lab::spawn`] has exited.
     pub fn check_alive(&mut self) -> anyhow::Result<()> {
         for (what, child) in &mut self.children {
