@@ -150,9 +150,8 @@ mod tests {
             "/public/..%2fadmin",
             "//public/../admin",
         ] {
-            match normalize(trick) {
-                Ok(p) => assert!(!allowed.matches(&p), "{trick} -> {p} matched"),
-                Err(_) => {}
+            if let Ok(p) = normalize(trick) {
+                assert!(!allowed.matches(&p), "{trick} -> {p} matched");
             }
         }
         let exact = PathMatch::parse("/headers").unwrap();
