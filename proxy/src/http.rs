@@ -73,6 +73,7 @@ pub async fn serve_inbound<S>(
 {
     let ctx = Arc::new(RequestCtx {
         by: format!("By={};URI={}", shared.store.current().id, caller),
+        port_label: dst.port().to_string(),
         caller,
         dst,
         peer,
@@ -81,7 +82,12 @@ pub async fn serve_inbound<S>(
         let (ctx, shared) = (ctx.clone(), shared.clone());
         async move { Ok::<_, Infallible>(handle_request(&shared, &ctx, req).await) }
     });
-    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    // A caller that trickles its request headers is cut off like one that never speaks.
+    builder
+        .http1()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(shared.config.timeouts.first_byte);
     if let Err(e) = builder
         .serve_connection_with_upgrades(TokioIo::new(stream), service)
         .await
@@ -94,6 +100,7 @@ struct RequestCtx {
     caller: SpiffeId,
     /// The `x-forwarded-client-cert` value for this connection.
     by: String,
+    port_label: String,
     dst: SocketAddr,
     peer: SocketAddr,
 }
@@ -111,7 +118,7 @@ async fn handle_request(
             .metrics
             .http_requests
             .get_or_create(&HttpLabels {
-                port: port.to_string(),
+                port: ctx.port_label.clone(),
                 decision,
                 reason,
             })
