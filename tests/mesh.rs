@@ -185,3 +185,30 @@ fn the_demo_tells_its_story_and_leaves_nothing_behind() {
         "the demo left files behind"
     );
 }
+
+#[test]
+fn sighup_reloads_the_identity_and_sigterm_stops_the_proxy_cleanly() {
+    if !root_or_skip("sighup_reloads_the_identity_and_sigterm_stops_the_proxy_cleanly") {
+        return;
+    }
+    let mut mesh = Mesh::new("signals", exe()).unwrap();
+    let pod = mesh.lab.add_pod("pod", 1).unwrap();
+    let dir = mesh.issue(&pod, ECHO).unwrap();
+    let log = mesh.start_proxy(&pod, &dir, "").unwrap();
+    let pid = mesh.lab.pid("proxy-pod").unwrap();
+    run(std::process::Command::new("kill").args(["-HUP", &pid.to_string()])).unwrap();
+    Lab::wait_for(std::time::Duration::from_secs(5), || {
+        let text = std::fs::read_to_string(&log)?;
+        anyhow::ensure!(text.contains("identity files reloaded"), "no reload yet");
+        Ok(())
+    })
+    .unwrap();
+    let status = mesh
+        .lab
+        .stop("proxy-pod", std::time::Duration::from_secs(5))
+        .unwrap();
+    assert!(status.success(), "{status}");
+    assert!(std::fs::read_to_string(&log)
+        .unwrap()
+        .contains("meshlet proxy stopped"));
+}

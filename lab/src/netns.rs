@@ -228,6 +228,14 @@ impl Lab {
         })
     }
 
+    /// The pid of a process started with [`Lab::spawn`] (`ip netns exec` execs the program).
+    pub fn pid(&self, what: &str) -> Option<u32> {
+        self.children
+            .iter()
+            .find(|(w, _)| w == what)
+            .map(|(_, c)| c.id())
+    }
+
     /// Fails if a process started with [`Lab::spawn`] has exited.
     pub fn check_alive(&mut self) -> anyhow::Result<()> {
         for (what, child) in &mut self.children {

@@ -40,7 +40,11 @@ pub fn reload(
     match Identity::load(files, trust_domain, &provider) {
         Ok(new) => {
             if new.same_as(&store.current()) {
-                debug!(why, "identity files unchanged");
+                if why == "SIGHUP" {
+                    info!(why, "identity files reloaded: unchanged");
+                } else {
+                    debug!(why, "identity files unchanged");
+                }
                 return Reload::Unchanged;
             }
             let id = new.id.clone();

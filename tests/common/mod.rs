@@ -60,3 +60,7 @@ pub fn output(mut cmd: Command) -> (String, String, bool) {
         out.status.success(),
     )
 }
+
+pub fn which_openssl() -> bool {
+    meshlet_lab::netns::which("openssl").is_some()
+}
