@@ -123,6 +123,7 @@ pub async fn start(
         shutdown,
     });
 
+    listener::raise_fd_limit();
     let mut tasks = Vec::new();
     let mut limits = Vec::new();
     let mut inbound_addrs = Vec::new();

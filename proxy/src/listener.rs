@@ -84,3 +84,17 @@ pub async fn serve<F, Fut>(
         }
     }
 }
+
+/// Raises the soft limit on open files to the hard limit: every proxied connection holds two
+/// descriptors, and the usual soft limit of 1024 would cap a sidecar at a few hundred.
+pub fn raise_fd_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => debug!(from = soft, to = hard, "raised the open-files limit"),
+            Err(e) => warn!(error = %e, soft, hard, "cannot raise the open-files limit"),
+        },
+        Ok(_) => {}
+        Err(e) => warn!(error = %e, "cannot read the open-files limit"),
+    }
+}

@@ -1,0 +1,453 @@
+#!/usr/bin/env python3
+"""meshlet benchmark: direct traffic, the meshlet sidecar pair, and mTLS tunnel pairs built
+from haproxy, nginx (stream) and stunnel, measured in one run under the same conditions.
+
+Topology: two network namespaces joined by a veth pair, client pod 198.18.0.1 and server pod
+198.18.0.2 (RFC 2544 benchmarking range). The server pod runs nginx (small fixed response, one
+worker) on :8080 and iperf3 on :5201. Every proxy runs with one worker thread.
+
+  direct    client -> 198.18.0.2:8080
+  meshlet   meshlet init + meshlet proxy (uid 1337) in both pods; client -> 198.18.0.2:8080
+  haproxy   client -> 127.0.0.1:18080 [haproxy] --TLS 1.3, mutual--> [haproxy] :18443 -> 127.0.0.1:8080
+  nginx     same with nginx's stream module
+  stunnel   same with stunnel
+
+Metrics: keep-alive requests/s and p50/p99 (wrk, 50 connections), new connections/s
+(wrk with `Connection: close`), p50/p99 at a fixed 2,000 requests/s (oha, when installed:
+`cargo install oha`), bulk throughput (iperf3), proxy CPU time per request (both proxies, during
+the keep-alive run), proxy RSS idle and after load, and memory per idle connection (N idle
+connections held through the pair).
+
+Run as root: `sudo bench/bench.py` (full), `bench/bench.py --smoke` (seconds, numbers not judged).
+Writes bench/results/latest.json and prints a table.
+"""
+
+import argparse
+import json
+import os
+import re
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+CLIENT, SERVER = "mlbench-client", "mlbench-server"
+CLIENT_IP, SERVER_IP = "198.18.0.1", "198.18.0.2"
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Every process gets the hard limit on open files; a proxied connection holds two descriptors in
+# each proxy, so the idle-connection measurement is capped at about half of it.
+NOFILE = str(resource.getrlimit(resource.RLIMIT_NOFILE)[1])
+
+
+def sh(*args, check=True, capture=True, **kw):
+    res = subprocess.run(args, check=False, text=True, capture_output=capture, **kw)
+    if check and res.returncode != 0:
+        raise RuntimeError(f"{' '.join(args)} failed ({res.returncode}): {res.stderr.strip()}")
+    return res
+
+
+def ns(name, *args, **kw):
+    return sh("ip", "netns", "exec", name, *args, **kw)
+
+
+class Procs:
+    """Long-running processes, each in its own session so its CPU and memory can be summed."""
+
+    def __init__(self, logdir):
+        self.logdir = logdir
+        self.procs = {}
+
+    def start(self, name, args, wait_port=None, netns=None):
+        log = open(os.path.join(self.logdir, f"{name}.log"), "w")
+        cmd = (["ip", "netns", "exec", netns] if netns else []) + ["prlimit", f"--nofile={NOFILE}:{NOFILE}"] + args
+        p = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.procs[name] = p
+        if wait_port:
+            host, port = wait_port
+            deadline = time.time() + 10
+            while time.time() < deadline:
+                if p.poll() is not None:
+                    raise RuntimeError(f"{name} exited: {open(log.name).read()[-2000:]}")
+                if ns(netns or CLIENT, "bash", "-c", f"exec 3<>/dev/tcp/{host}/{port}", check=False).returncode == 0:
+                    return p
+                time.sleep(0.05)
+            raise RuntimeError(f"{name} did not listen on {host}:{port}: {open(log.name).read()[-2000:]}")
+        return p
+
+    def pids(self, names):
+        sids = {self.procs[n].pid for n in names if n in self.procs}
+        out = []
+        for pid in os.listdir("/proc"):
+            if not pid.isdigit():
+                continue
+            try:
+                with open(f"/proc/{pid}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+                if int(fields[3]) in sids:  # session id
+                    out.append(int(pid))
+            except (OSError, IndexError, ValueError):
+                pass
+        return out
+
+    def cpu_seconds(self, names):
+        tick = os.sysconf("SC_CLK_TCK")
+        total = 0
+        for pid in self.pids(names):
+            try:
+                with open(f"/proc/{pid}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+                total += int(fields[11]) + int(fields[12])  # utime + stime
+            except (OSError, IndexError, ValueError):
+                pass
+        return total / tick
+
+    def memory_kb(self, names, field="VmRSS"):
+        total = 0
+        for pid in self.pids(names):
+            try:
+                with open(f"/proc/{pid}/status") as f:
+                    for line in f:
+                        if line.startswith(field + ":"):
+                            total += int(line.split()[1])
+            except OSError:
+                pass
+        return total
+
+    def stop(self, names=None):
+        for name in list(names or self.procs):
+            p = self.procs.pop(name, None)
+            if p is None:
+                continue
+            try:
+                os.killpg(p.pid, signal.SIGTERM)
+                p.wait(timeout=5)
+            except (ProcessLookupError, subprocess.TimeoutExpired):
+                try:
+                    os.killpg(p.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+
+
+def topology():
+    teardown()
+    sh("ip", "netns", "add", CLIENT)
+    sh("ip", "netns", "add", SERVER)
+    sh("ip", "-n", CLIENT, "link", "add", "eth0", "type", "veth", "peer", "name", "eth0", "netns", SERVER)
+    for name, ip in ((CLIENT, CLIENT_IP), (SERVER, SERVER_IP)):
+        sh("ip", "-n", name, "addr", "add", f"{ip}/24", "dev", "eth0")
+        sh("ip", "-n", name, "link", "set", "eth0", "up")
+        sh("ip", "-n", name, "link", "set", "lo", "up")
+
+
+def teardown():
+    for name in (CLIENT, SERVER):
+        pids = sh("ip", "netns", "pids", name, check=False).stdout.split()
+        for pid in pids:
+            sh("kill", "-9", pid, check=False)
+        sh("ip", "netns", "del", name, check=False)
+
+
+def certificates(meshlet, d):
+    sh(meshlet, "cert", "ca", "--trust-domain", "cluster.local", "--out", f"{d}/ca")
+    for who in ("client", "server"):
+        sh(meshlet, "cert", "issue", "--ca", f"{d}/ca", "--spiffe-id", f"spiffe://cluster.local/ns/bench/sa/{who}",
+           "--dns", f"{who}.bench", "--out", f"{d}/{who}")
+        with open(f"{d}/{who}/both.pem", "w") as f:
+            f.write(open(f"{d}/{who}/tls.crt").read() + open(f"{d}/{who}/tls.key").read())
+        sh("chown", "-R", "1337:1337", f"{d}/{who}")
+    os.chmod(d, 0o755)
+
+
+def nginx_app_conf(d):
+    conf = f"""worker_processes 1;
+worker_rlimit_nofile 200000;
+pid {d}/nginx-app.pid;
+error_log {d}/nginx-app.err;
+events {{ worker_connections 60000; }}
+http {{
+  access_log off;
+  client_body_temp_path {d}/tmp; proxy_temp_path {d}/tmp; fastcgi_temp_path {d}/tmp;
+  uwsgi_temp_path {d}/tmp; scgi_temp_path {d}/tmp;
+  keepalive_requests 1000000;
+  server {{ listen 8080 reuseport; location / {{ return 200 "hello from the benchmark app\\n"; }} }}
+}}
+"""
+    os.makedirs(f"{d}/tmp", exist_ok=True)
+    path = f"{d}/nginx-app.conf"
+    open(path, "w").write(conf)
+    return path
+
+
+# Each tunnel maps client-side 127.0.0.1:18080 -> server :18443 -> app :8080, and
+# 127.0.0.1:15201 -> server :15443 -> iperf3 :5201.
+MAPS = ((18080, 18443, 8080), (15201, 15443, 5201))
+
+
+def haproxy_confs(d):
+    head = "global\n  nbthread 1\n  maxconn 9000\n  ssl-default-bind-options ssl-min-ver TLSv1.3\n  ssl-default-server-options ssl-min-ver TLSv1.3\ndefaults\n  mode tcp\n  timeout connect 5s\n  timeout client 5m\n  timeout server 5m\n  maxconn 9000\n"
+    client, server = head, head
+    for local, tls, app in MAPS:
+        client += (f"frontend f{local}\n  bind 127.0.0.1:{local}\n  default_backend b{local}\n"
+                   f"backend b{local}\n  server s {SERVER_IP}:{tls} ssl crt {d}/client/both.pem ca-file {d}/ca/ca.crt verify required verifyhost server.bench\n")
+        server += (f"frontend f{tls}\n  bind {SERVER_IP}:{tls} ssl crt {d}/server/both.pem ca-file {d}/ca/ca.crt verify required\n  default_backend b{tls}\n"
+                   f"backend b{tls}\n  server a 127.0.0.1:{app}\n")
+    open(f"{d}/haproxy-client.cfg", "w").write(client)
+    open(f"{d}/haproxy-server.cfg", "w").write(server)
+
+
+def nginx_stream_confs(d):
+    head = (f"load_module /usr/lib/nginx/modules/ngx_stream_module.so;\nworker_processes 1;\nworker_rlimit_nofile 200000;\n"
+            f"events {{ worker_connections 60000; }}\n")
+    client = head + f"pid {d}/ngx-client.pid;\nerror_log {d}/ngx-client.err;\nstream {{\n"
+    server = head + f"pid {d}/ngx-server.pid;\nerror_log {d}/ngx-server.err;\nstream {{\n"
+    for local, tls, app in MAPS:
+        client += (f"  server {{ listen 127.0.0.1:{local}; proxy_pass {SERVER_IP}:{tls}; proxy_ssl on;\n"
+                   f"    proxy_ssl_protocols TLSv1.3; proxy_ssl_certificate {d}/client/tls.crt; proxy_ssl_certificate_key {d}/client/tls.key;\n"
+                   f"    proxy_ssl_trusted_certificate {d}/ca/ca.crt; proxy_ssl_verify on; proxy_ssl_name server.bench; }}\n")
+        server += (f"  server {{ listen {SERVER_IP}:{tls} ssl; ssl_protocols TLSv1.3;\n"
+                   f"    ssl_certificate {d}/server/tls.crt; ssl_certificate_key {d}/server/tls.key;\n"
+                   f"    ssl_client_certificate {d}/ca/ca.crt; ssl_verify_client on; proxy_pass 127.0.0.1:{app}; }}\n")
+    open(f"{d}/ngx-client.conf", "w").write(client + "}\n")
+    open(f"{d}/ngx-server.conf", "w").write(server + "}\n")
+
+
+def stunnel_confs(d):
+    client = f"foreground = yes\npid =\nsslVersionMin = TLSv1.3\n"
+    server = client
+    for local, tls, app in MAPS:
+        client += (f"[c{local}]\nclient = yes\naccept = 127.0.0.1:{local}\nconnect = {SERVER_IP}:{tls}\n"
+                   f"cert = {d}/client/tls.crt\nkey = {d}/client/tls.key\nCAfile = {d}/ca/ca.crt\nverifyChain = yes\ncheckHost = server.bench\n")
+        server += (f"[s{tls}]\naccept = {SERVER_IP}:{tls}\nconnect = 127.0.0.1:{app}\n"
+                   f"cert = {d}/server/tls.crt\nkey = {d}/server/tls.key\nCAfile = {d}/ca/ca.crt\nverifyChain = yes\nrequireCert = yes\n")
+    open(f"{d}/stunnel-client.conf", "w").write(client)
+    open(f"{d}/stunnel-server.conf", "w").write(server)
+
+
+def meshlet_conf(d, who):
+    path = f"{d}/meshlet-{who}.yaml"
+    extra = "outbound:\n  mtls: mtls\n" if who == "client" else "inbound:\n  mode: strict\n"
+    open(path, "w").write(
+        f"trust_domain: cluster.local\nidentity:\n  cert: {d}/{who}/tls.crt\n  key: {d}/{who}/tls.key\n  bundle: {d}/{who}/ca.crt\n"
+        f"workers: 1\nlog:\n  level: warn\n{extra}")
+    return path
+
+
+def start_pair(kind, procs, d, meshlet):
+    """Starts the proxies of `kind`; returns (http target, iperf target host, iperf port, names)."""
+    if kind == "direct":
+        return f"{SERVER_IP}:8080", SERVER_IP, 5201, []
+    if kind == "meshlet":
+        for who, netns in (("client", CLIENT), ("server", SERVER)):
+            ns(netns, meshlet, "init")
+            procs.start(f"meshlet-{who}", ["setpriv", "--reuid=1337", "--regid=1337", "--clear-groups",
+                                           meshlet, "proxy", "--config", meshlet_conf(d, who)], netns=netns)
+        for netns in (CLIENT, SERVER):
+            wait_ready(netns)
+        return f"{SERVER_IP}:8080", SERVER_IP, 5201, ["meshlet-client", "meshlet-server"]
+    if kind == "haproxy":
+        procs.start("haproxy-server", ["haproxy", "-db", "-f", f"{d}/haproxy-server.cfg"], netns=SERVER, wait_port=(SERVER_IP, 18443))
+        procs.start("haproxy-client", ["haproxy", "-db", "-f", f"{d}/haproxy-client.cfg"], netns=CLIENT, wait_port=("127.0.0.1", 18080))
+    elif kind == "nginx":
+        procs.start("nginx-server", ["nginx", "-p", d, "-c", f"{d}/ngx-server.conf", "-g", "daemon off;"], netns=SERVER, wait_port=(SERVER_IP, 18443))
+        procs.start("nginx-client", ["nginx", "-p", d, "-c", f"{d}/ngx-client.conf", "-g", "daemon off;"], netns=CLIENT, wait_port=("127.0.0.1", 18080))
+    elif kind == "stunnel":
+        procs.start("stunnel-server", ["stunnel", f"{d}/stunnel-server.conf"], netns=SERVER, wait_port=(SERVER_IP, 18443))
+        procs.start("stunnel-client", ["stunnel", f"{d}/stunnel-client.conf"], netns=CLIENT, wait_port=("127.0.0.1", 18080))
+    return "127.0.0.1:18080", "127.0.0.1", 15201, [f"{kind}-client", f"{kind}-server"]
+
+
+def stop_pair(procs, names):
+    procs.stop(names)
+
+
+def wait_ready(netns):
+    deadline = time.time() + 10
+    while time.time() < deadline:
+        r = ns(netns, "bash", "-c", "exec 3<>/dev/tcp/127.0.0.1/15021 && printf 'GET /ready HTTP/1.0\\r\\n\\r\\n' >&3 && head -c 12 <&3", check=False)
+        if "200" in r.stdout:
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"meshlet proxy in {netns} not ready")
+
+
+def ms(text):
+    m = re.match(r"([\d.]+)(us|ms|s)", text)
+    if not m:
+        return None
+    v, unit = float(m.group(1)), m.group(2)
+    return {"us": v / 1000, "ms": v, "s": v * 1000}[unit]
+
+
+def wrk(target, seconds, conns, close=False):
+    args = ["wrk", "-t1", f"-c{conns}", f"-d{seconds}s", "--latency"]
+    if close:
+        args += ["-H", "Connection: close"]
+    out = ns(CLIENT, *args, f"http://{target}/").stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    total = int(re.search(r"(\d+) requests in", out).group(1))
+    errors = re.search(r"Socket errors: (.*)", out)
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    lat = {p: ms(v) for p, v in re.findall(r"^\s+(50|99)%\s+(\S+)", out, re.M)}
+    return {"rps": rps, "requests": total, "p50_ms": lat.get("50"), "p99_ms": lat.get("99"),
+            "errors": (errors.group(1) if errors else None), "non_2xx": int(non2xx.group(1)) if non2xx else 0}
+
+
+def oha_fixed_rate(target, seconds, rate):
+    oha = shutil.which("oha") or os.path.expanduser("~/.cargo/bin/oha")
+    if not os.path.exists(oha):
+        return None
+    out = ns(CLIENT, oha, "--no-tui", "--output-format", "json", "-z", f"{seconds}s", "-q", str(rate), "-c", "16",
+             f"http://{target}/").stdout
+    data = json.loads(out)
+    pct = data["latencyPercentiles"]
+    return {"p50_ms": pct["p50"] * 1000, "p99_ms": pct["p99"] * 1000, "rps": data["summary"]["requestsPerSec"]}
+
+
+def iperf(host, port, seconds):
+    out = ns(CLIENT, "iperf3", "-c", host, "-p", str(port), "-t", str(seconds), "-J").stdout
+    data = json.loads(out)
+    if "error" in data:
+        raise RuntimeError(f"iperf3 to {host}:{port}: {data['error']}")
+    return data["end"]["sum_received"]["bits_per_second"] / 1e9
+
+
+IDLE_HOLDER = r"""
+import asyncio, sys
+async def main(host, port, n, hold):
+    conns = []
+    for i in range(n):
+        try:
+            conns.append(await asyncio.open_connection(host, port))
+        except OSError as e:
+            print(f"opened {len(conns)} then: {e}", flush=True); break
+    print(f"open {len(conns)}", flush=True)
+    await asyncio.sleep(hold)
+asyncio.run(main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])))
+"""
+
+
+def idle_memory(procs, names, target, n, d):
+    """KB per idle connection held through the pair (both proxies together)."""
+    if not names:
+        return None
+    host, port = target.rsplit(":", 1)
+    script = f"{d}/idle.py"
+    open(script, "w").write(IDLE_HOLDER)
+    before = procs.memory_kb(names)
+    holder = subprocess.Popen(["ip", "netns", "exec", CLIENT, "prlimit", f"--nofile={NOFILE}:{NOFILE}", sys.executable, script,
+                               host, port, str(n), "600"], stdout=subprocess.PIPE, text=True, start_new_session=True)
+    line = holder.stdout.readline().strip()
+    time.sleep(1.0)
+    after = procs.memory_kb(names)
+    os.killpg(holder.pid, signal.SIGKILL)
+    holder.wait()
+    opened = int(line.split()[1]) if line.startswith("open") else 0
+    time.sleep(0.5)
+    return {"connections": opened, "kb_per_connection": (after - before) / opened if opened else None}
+
+
+def run_scenario(kind, procs, d, meshlet, secs, conns, idle_n):
+    target, ihost, iport, names = start_pair(kind, procs, d, meshlet)
+    r = {}
+    wrk(target, 1, 4)  # warm-up
+    r["rss_idle_kb"] = procs.memory_kb(names)
+    cpu0 = procs.cpu_seconds(names)
+    ka = wrk(target, secs, conns)
+    cpu1 = procs.cpu_seconds(names)
+    r["keepalive"] = ka
+    r["cpu_us_per_request"] = (cpu1 - cpu0) * 1e6 / ka["requests"] if names and ka["requests"] else None
+    r["new_connections"] = wrk(target, secs, conns, close=True)
+    r["fixed_rate"] = oha_fixed_rate(target, secs, 2000)
+    r["bulk_gbps"] = iperf(ihost, iport, secs)
+    r["rss_loaded_kb"] = procs.memory_kb(names, "VmHWM")
+    r["idle"] = idle_memory(procs, names, target, idle_n, d)
+    stop_pair(procs, names)
+    return r
+
+
+def fmt(v, spec):
+    return "-" if v is None else format(v, spec)
+
+
+def table(results):
+    cols = ["keep-alive rps", "p50 ms", "p99 ms", "new conn/s", "fixed p50", "fixed p99", "bulk Gb/s", "CPU us/req", "RSS idle MB", "RSS load MB", "KB/idle conn"]
+    lines = ["| scenario | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
+    for kind, r in results.items():
+        fr = r.get("fixed_rate") or {}
+        idle = r.get("idle") or {}
+        row = [fmt(r["keepalive"]["rps"], ".0f"), fmt(r["keepalive"]["p50_ms"], ".3f"), fmt(r["keepalive"]["p99_ms"], ".3f"),
+               fmt(r["new_connections"]["rps"], ".0f"), fmt(fr.get("p50_ms"), ".3f"), fmt(fr.get("p99_ms"), ".3f"),
+               fmt(r["bulk_gbps"], ".2f"), fmt(r["cpu_us_per_request"], ".1f"),
+               fmt(r["rss_idle_kb"] / 1024 if r["rss_idle_kb"] else None, ".1f"),
+               fmt(r["rss_loaded_kb"] / 1024 if r["rss_loaded_kb"] else None, ".1f"), fmt(idle.get("kb_per_connection"), ".1f")]
+        lines.append(f"| {kind} | " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--smoke", action="store_true", help="a few seconds per scenario, to keep the script working")
+    ap.add_argument("--seconds", type=int, default=10)
+    ap.add_argument("--connections", type=int, default=50)
+    ap.add_argument("--idle", type=int, default=10000, help="idle connections for the memory measurement")
+    ap.add_argument("--only", default="direct,meshlet,haproxy,nginx,stunnel")
+    ap.add_argument("--meshlet", default=os.path.join(ROOT, "target/release/meshlet"))
+    ap.add_argument("--out", default=os.path.join(ROOT, "bench/results/latest.json"))
+    a = ap.parse_args()
+    if a.smoke:
+        a.seconds, a.idle = 1, 200
+    fd_cap = (int(NOFILE) - 1000) // 2
+    if a.idle > fd_cap:
+        print(f"note: the open-files hard limit here is {NOFILE}: holding {fd_cap} idle connections instead of {a.idle}", file=sys.stderr)
+        a.idle = fd_cap
+    if os.geteuid() != 0:
+        sys.exit("bench.py needs root (network namespaces, iptables): run it with sudo")
+    missing = [t for t in ("ip", "wrk", "iperf3", "nginx", "haproxy", "stunnel", "setpriv", "prlimit") if not shutil.which(t)]
+    if missing:
+        sys.exit(f"missing tools: {' '.join(missing)} (apt-get install -y iproute2 wrk iperf3 nginx-light libnginx-mod-stream haproxy stunnel4 util-linux)")
+    if not os.path.exists(a.meshlet):
+        sh("cargo", "build", "--release", "--quiet", cwd=ROOT)
+    d = tempfile.mkdtemp(prefix="meshlet-bench-")
+    procs = Procs(d)
+    results = {}
+    try:
+        certificates(a.meshlet, d)
+        haproxy_confs(d)
+        nginx_stream_confs(d)
+        stunnel_confs(d)
+        for kind in a.only.split(","):
+            print(f"== {kind}", file=sys.stderr, flush=True)
+            # Fresh namespaces per scenario: connection-tracking entries left by one scenario
+            # must not steer the next one's connections past (or into) its NAT rules.
+            topology()
+            procs.start("app", ["nginx", "-p", d, "-c", nginx_app_conf(d), "-g", "daemon off;"], netns=SERVER, wait_port=(SERVER_IP, 8080))
+            procs.start("iperf3", ["iperf3", "-s", "-p", "5201"], netns=SERVER, wait_port=(SERVER_IP, 5201))
+            results[kind] = run_scenario(kind, procs, d, a.meshlet, a.seconds, a.connections, a.idle)
+            procs.stop(["app", "iperf3"])
+    finally:
+        procs.stop()
+        teardown()
+        if not a.smoke:
+            print(f"(logs and configs kept in {d})", file=sys.stderr)
+        else:
+            shutil.rmtree(d, ignore_errors=True)
+    machine = {"cpus": os.cpu_count(), "kernel": os.uname().release,
+               "cpu_model": next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")}
+    report = {"when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "machine": machine, "smoke": a.smoke,
+              "seconds": a.seconds, "connections": a.connections, "results": results}
+    os.makedirs(os.path.dirname(a.out), exist_ok=True)
+    json.dump(report, open(a.out, "w"), indent=2)
+    print(table(results))
+    print(f"\n{machine['cpus']} CPUs, {machine['cpu_model']}, kernel {machine['kernel']}; {a.seconds}s per measurement, "
+          f"{a.connections} connections; JSON in {a.out}")
+    for kind, r in results.items():
+        for label, m in (("keep-alive", r["keepalive"]), ("new connections", r["new_connections"])):
+            if m["non_2xx"] or m["errors"]:
+                print(f"warning: {kind} {label}: {m['non_2xx']} non-2xx, socket errors: {m['errors']}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
