@@ -49,6 +49,9 @@ pub struct ProxyArgs {
     /// outbound.mtls: auto | mtls | off
     #[arg(long, env = "MESHLET_OUTBOUND_MTLS")]
     pub outbound_mtls: Option<String>,
+    /// outbound.transport: pooled | per_connection
+    #[arg(long, env = "MESHLET_OUTBOUND_TRANSPORT")]
+    pub outbound_transport: Option<String>,
     /// outbound.destinations, as YAML (a list)
     #[arg(long, env = "MESHLET_OUTBOUND_DESTINATIONS", value_name = "YAML")]
     pub outbound_destinations: Option<String>,
@@ -90,7 +93,7 @@ pub struct ProxyArgs {
 impl ProxyArgs {
     /// The overrides, as (key, value, flag name, parsed as YAML?).
     pub fn overrides(&self) -> Vec<Override> {
-        let table: [(&'static str, &Option<String>, &str, bool); 23] = [
+        let table: [(&'static str, &Option<String>, &str, bool); 24] = [
             ("trust_domain", &self.trust_domain, "--trust-domain", false),
             (
                 "identity.cert",
@@ -135,6 +138,12 @@ impl ProxyArgs {
                 "outbound.mtls",
                 &self.outbound_mtls,
                 "--outbound-mtls",
+                false,
+            ),
+            (
+                "outbound.transport",
+                &self.outbound_transport,
+                "--outbound-transport",
                 false,
             ),
             (

@@ -145,11 +145,23 @@ impl fmt::Display for MtlsMode {
     }
 }
 
+/// How app connections travel between two meshlet proxies.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Transport {
+    /// As HTTP/2 CONNECT streams over a few long-lived mTLS connections per peer: no TLS
+    /// handshake per app connection.
+    Pooled,
+    /// One mTLS connection per app connection.
+    PerConnection,
+}
+
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct OutboundConfig {
     pub port: u16,
     pub mtls: MtlsMode,
+    pub transport: Transport,
     pub destinations: Vec<DestinationConfig>,
     /// How long `auto` remembers that a destination is not a meshlet proxy.
     #[serde(deserialize_with = "duration")]
@@ -264,6 +276,7 @@ impl Default for OutboundConfig {
         OutboundConfig {
             port: 15001,
             mtls: MtlsMode::Auto,
+            transport: Transport::Pooled,
             destinations: Vec::new(),
             auto_fallback_ttl: Duration::from_secs(60),
             auto_detect_timeout: Duration::from_secs(2),

@@ -1,21 +1,29 @@
-//! Opening connections to upstreams: plain TCP, or mTLS to the peer's meshlet proxy.
+//! Opening upstream connections: plain TCP, or mTLS to the peer's meshlet proxy.
 //!
-//! This is the seam where the transport between proxies is chosen. Today: one mTLS connection
-//! per app connection (ALPN `meshlet/1`). A pooled, multiplexed transport slots in beside
-//! [`connect_mesh`] with its own ALPN.
+//! This is the seam where the transport between proxies is chosen: [`open_mesh`] gives either a
+//! stream over a pooled connection (ALPN `meshlet-mux/1`, see `pool`) or a connection of its own
+//! (ALPN `meshlet/1`), per `outbound.transport` and what the peer supports.
 
 use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use hyper::upgrade::Upgraded;
+use hyper_util::rt::TokioIo;
 use meshlet_identity::SpiffeId;
+use rustls::ClientConfig;
 use rustls_pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
+use crate::config::Transport;
 use crate::metrics::OUTBOUND;
-use crate::tls::{self, ALPN_MESH};
+use crate::tls::{self, ALPN_MESH, ALPN_MUX};
 use crate::Shared;
 
 #[derive(Debug, thiserror::Error)]
@@ -38,6 +46,10 @@ pub enum ConnectError {
         got: String,
         allowed: String,
     },
+    #[error("the peer proxy refused a stream to {dst}: {why}")]
+    StreamRefused { dst: SocketAddr, why: String },
+    #[error("pooled connection to {dst} failed: {err}")]
+    Pool { dst: SocketAddr, err: hyper::Error },
 }
 
 impl ConnectError {
@@ -48,12 +60,30 @@ impl ConnectError {
             ConnectError::Handshake { reason, .. } => reason,
             ConnectError::NotMesh { .. } => "not_mesh",
             ConnectError::IdentityMismatch { .. } => "identity_mismatch",
+            ConnectError::StreamRefused { .. } => "stream_refused",
+            ConnectError::Pool { .. } => "pool_error",
         }
+    }
+
+    /// A TLS-level failure (as opposed to TCP, or a peer that answered but said no).
+    pub fn is_handshake_failure(&self) -> bool {
+        matches!(
+            self,
+            ConnectError::HandshakeTimeout { .. }
+                | ConnectError::Handshake { .. }
+                | ConnectError::NotMesh { .. }
+                | ConnectError::IdentityMismatch { .. }
+        )
     }
 
     /// For `auto`: the peer did not prove to be a meshlet proxy (and was reachable).
     pub fn peer_is_not_mesh(&self) -> bool {
-        !matches!(self, ConnectError::Connect { .. })
+        matches!(
+            self,
+            ConnectError::HandshakeTimeout { .. }
+                | ConnectError::Handshake { .. }
+                | ConnectError::NotMesh { .. }
+        )
     }
 }
 
@@ -71,20 +101,26 @@ pub async fn connect_tcp(dst: SocketAddr, timeout: Duration) -> io::Result<TcpSt
     Ok(stream)
 }
 
-/// Connects to `dst` and completes an mTLS handshake with the meshlet proxy there. Nothing of
-/// the application is sent: the caller starts copying only after this returns `Ok`.
-pub async fn connect_mesh(
+/// An authenticated connection to a peer proxy.
+pub struct MeshConn {
+    pub stream: TlsStream<TcpStream>,
+    pub peer: SpiffeId,
+    /// The peer chose the pooled transport.
+    pub mux: bool,
+}
+
+/// Connects to `dst` and completes an mTLS handshake with the meshlet proxy there.
+pub async fn connect_tls(
     shared: &Shared,
     dst: SocketAddr,
-    pins: Option<&[SpiffeId]>,
+    config: Arc<ClientConfig>,
     handshake_timeout: Duration,
-) -> Result<(TlsStream<TcpStream>, SpiffeId), ConnectError> {
+) -> Result<MeshConn, ConnectError> {
     let tcp = connect_tcp(dst, shared.config.timeouts.connect)
         .await
         .map_err(|err| ConnectError::Connect { dst, err })?;
     let started = Instant::now();
-    let connector = TlsConnector::from(shared.tls.client.clone());
-    let handshake = connector.connect(ServerName::IpAddress(dst.ip().into()), tcp);
+    let handshake = TlsConnector::from(config).connect(ServerName::IpAddress(dst.ip().into()), tcp);
     let stream = match tokio::time::timeout(handshake_timeout, handshake).await {
         Err(_) => {
             return Err(ConnectError::HandshakeTimeout {
@@ -102,27 +138,15 @@ pub async fn connect_mesh(
         Ok(Ok(s)) => s,
     };
     let conn = stream.get_ref().1;
-    if conn.alpn_protocol() != Some(ALPN_MESH) {
-        return Err(ConnectError::NotMesh { dst });
-    }
+    let mux = match conn.alpn_protocol() {
+        Some(p) if p == ALPN_MUX => true,
+        Some(p) if p == ALPN_MESH => false,
+        _ => return Err(ConnectError::NotMesh { dst }),
+    };
     // The verifier accepted the chain, so the leaf has exactly one valid SPIFFE ID.
-    let Some(id) = tls::peer_id(conn) else {
+    let Some(peer) = tls::peer_id(conn) else {
         return Err(ConnectError::NotMesh { dst });
     };
-    if let Some(pins) = pins {
-        if !pins.contains(&id) {
-            let allowed = pins
-                .iter()
-                .map(SpiffeId::as_str)
-                .collect::<Vec<_>>()
-                .join(", ");
-            return Err(ConnectError::IdentityMismatch {
-                dst,
-                got: id.to_string(),
-                allowed,
-            });
-        }
-    }
     shared
         .metrics
         .handshake_seconds
@@ -130,5 +154,92 @@ pub async fn connect_mesh(
             direction: OUTBOUND,
         })
         .observe(started.elapsed().as_secs_f64());
-    Ok((stream, id))
+    Ok(MeshConn { stream, peer, mux })
+}
+
+/// Refuses a peer whose identity is not among the pinned ones.
+pub fn check_pins(
+    dst: SocketAddr,
+    peer: &SpiffeId,
+    pins: Option<&[SpiffeId]>,
+) -> Result<(), ConnectError> {
+    match pins {
+        Some(pins) if !pins.contains(peer) => Err(ConnectError::IdentityMismatch {
+            dst,
+            got: peer.to_string(),
+            allowed: pins
+                .iter()
+                .map(SpiffeId::as_str)
+                .collect::<Vec<_>>()
+                .join(", "),
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// The upstream side of a proxied app connection to a mesh peer.
+pub enum Upstream {
+    /// An mTLS connection of its own.
+    Tls(Box<TlsStream<TcpStream>>),
+    /// A stream over a pooled mTLS connection.
+    Stream(TokioIo<Upgraded>),
+}
+
+/// Opens an authenticated path to the meshlet proxy at `dst`, per `outbound.transport`.
+/// Nothing of the application is sent: the caller copies only after this returns `Ok`.
+pub async fn open_mesh(
+    shared: &Shared,
+    dst: SocketAddr,
+    pins: Option<&[SpiffeId]>,
+    handshake_timeout: Duration,
+) -> Result<(Upstream, SpiffeId), ConnectError> {
+    match shared.config.outbound.transport {
+        Transport::Pooled => shared.pool.open(shared, dst, pins, handshake_timeout).await,
+        Transport::PerConnection => {
+            let conn =
+                connect_tls(shared, dst, shared.tls.client.clone(), handshake_timeout).await?;
+            check_pins(dst, &conn.peer, pins)?;
+            Ok((Upstream::Tls(Box::new(conn.stream)), conn.peer))
+        }
+    }
+}
+
+impl AsyncRead for Upstream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Upstream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            Upstream::Stream(s) => Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Upstream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Upstream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+            Upstream::Stream(s) => Pin::new(s).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Upstream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            Upstream::Stream(s) => Pin::new(s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Upstream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+            Upstream::Stream(s) => Pin::new(s).poll_shutdown(cx),
+        }
+    }
 }

@@ -1,11 +1,11 @@
 //! Tells, from a caller's first bytes, whether it speaks meshlet's mTLS, other TLS, or plaintext.
 //! Only the ClientHello's ALPN extension is read; nothing is decrypted here.
 
-use crate::tls::ALPN_MESH;
+use crate::tls::{ALPN_MESH, ALPN_MUX};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Protocol {
-    /// A ClientHello offering meshlet's ALPN.
+    /// A ClientHello offering one of meshlet's ALPNs.
     Mesh,
     /// TLS, but not from a meshlet proxy.
     ForeignTls,
@@ -93,7 +93,8 @@ fn hello_offers_mesh_alpn(record: &[u8]) -> Option<bool> {
             let mut list = Reader(alpn.take(list_len)?);
             while !list.0.is_empty() {
                 let n = list.u8()?;
-                if list.take(n)? == ALPN_MESH {
+                let proto = list.take(n)?;
+                if proto == ALPN_MESH || proto == ALPN_MUX {
                     return Some(true);
                 }
             }
@@ -137,8 +138,9 @@ mod tests {
     }
 
     #[test]
-    fn a_hello_with_the_mesh_alpn_is_mesh() {
+    fn a_hello_with_a_mesh_alpn_is_mesh() {
         assert_eq!(classify(&hello(&[b"h2", ALPN_MESH])), Protocol::Mesh);
+        assert_eq!(classify(&hello(&[ALPN_MUX, ALPN_MESH])), Protocol::Mesh);
     }
 
     #[test]

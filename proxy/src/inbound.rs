@@ -22,7 +22,7 @@ use crate::metrics::{DirLabels, INBOUND};
 use crate::orig_dst::OriginalDst;
 use crate::policy::Access;
 use crate::rewind::Rewind;
-use crate::{http, tls, Shared};
+use crate::{http, mux, tls, Shared};
 
 pub async fn handle(
     shared: Arc<Shared>,
@@ -71,7 +71,7 @@ pub async fn handle(
     };
     let stream = Rewind::new(first_bytes, conn);
     match protocol {
-        Protocol::Mesh => mesh(&shared, stream, peer, dst).await,
+        Protocol::Mesh => mesh(&shared, stream, peer, dst, dst_mode).await,
         other => {
             let what = match other {
                 Protocol::ForeignTls => "TLS without meshlet's ALPN",
@@ -163,7 +163,13 @@ async fn sniff(conn: &mut TcpStream, shared: &Shared) -> std::io::Result<(Protoc
     }
 }
 
-async fn mesh(shared: &Arc<Shared>, stream: Rewind<TcpStream>, peer: SocketAddr, dst: SocketAddr) {
+async fn mesh(
+    shared: &Arc<Shared>,
+    stream: Rewind<TcpStream>,
+    peer: SocketAddr,
+    dst: SocketAddr,
+    dst_mode: OriginalDst,
+) {
     let started = Instant::now();
     let acceptor = TlsAcceptor::from(shared.tls.server.clone());
     let tls = match tokio::time::timeout(shared.config.timeouts.handshake, acceptor.accept(stream))
@@ -209,6 +215,10 @@ async fn mesh(shared: &Arc<Shared>, stream: Rewind<TcpStream>, peer: SocketAddr,
             "verified client certificate without a SPIFFE ID",
         );
     };
+    if tls.get_ref().1.alpn_protocol() == Some(tls::ALPN_MUX) {
+        // Pooled: each stream carries its own destination and is authorized on its own.
+        return mux::serve(shared.clone(), tls, peer, dst, caller, dst_mode).await;
+    }
     match shared.policy.check_connection(Some(&caller), dst.port()) {
         Err(d) => {
             shared

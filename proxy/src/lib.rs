@@ -17,9 +17,11 @@ pub mod http_path;
 pub mod inbound;
 pub mod listener;
 pub mod metrics;
+pub mod mux;
 pub mod orig_dst;
 pub mod outbound;
 pub mod policy;
+pub mod pool;
 pub mod rewind;
 pub mod rotation;
 pub mod routes;
@@ -46,6 +48,7 @@ pub struct Shared {
     pub routes: routes::Routes,
     pub metrics: Arc<metrics::Metrics>,
     pub http: http::AppClients,
+    pub pool: pool::Pool,
     pub ready: AtomicBool,
     shutdown: watch::Sender<bool>,
 }
@@ -119,6 +122,7 @@ pub async fn start(
         routes,
         metrics: Arc::new(metrics::Metrics::new()),
         http,
+        pool: pool::Pool::default(),
         ready: AtomicBool::new(false),
         shutdown,
     });

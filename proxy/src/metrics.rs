@@ -71,6 +71,8 @@ pub struct Metrics {
     pub rotations: Family<ResultLabels, Counter>,
     pub auto_fallbacks: Counter,
     pub http_requests: Family<HttpLabels, Counter>,
+    pub mux_connections: Family<DirLabels, Counter>,
+    pub mux_streams: Family<DirLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -96,6 +98,8 @@ impl Metrics {
         let rotations = Family::<ResultLabels, Counter>::default();
         let auto_fallbacks = Counter::default();
         let http_requests = Family::<HttpLabels, Counter>::default();
+        let mux_connections = Family::<DirLabels, Counter>::default();
+        let mux_streams = Family::<DirLabels, Counter>::default();
         registry.register(
             "connections_opened",
             "Connections accepted, by direction and whether mTLS was used",
@@ -156,6 +160,16 @@ impl Metrics {
             "HTTP requests on policy ports, by port and decision",
             http_requests.clone(),
         );
+        registry.register(
+            "pooled_connections",
+            "Pooled mTLS connections opened between proxies, by direction",
+            mux_connections.clone(),
+        );
+        registry.register(
+            "pooled_streams",
+            "App connections carried as streams over pooled connections, by direction",
+            mux_streams.clone(),
+        );
         Metrics {
             registry,
             opened,
@@ -170,6 +184,8 @@ impl Metrics {
             rotations,
             auto_fallbacks,
             http_requests,
+            mux_connections,
+            mux_streams,
         }
     }
 

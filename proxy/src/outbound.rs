@@ -52,12 +52,11 @@ pub async fn handle(
         MtlsMode::Off => plain(&shared, app, peer, dst).await,
         MtlsMode::Mtls => {
             let timeout = shared.config.timeouts.handshake;
-            match connector::connect_mesh(&shared, dst, route.identities.as_deref(), timeout).await
-            {
-                Ok((mut tls, id)) => {
+            match connector::open_mesh(&shared, dst, route.identities.as_deref(), timeout).await {
+                Ok((mut upstream, id)) => {
                     debug!(%peer, %dst, server = %id, "outbound mTLS established");
                     shared.metrics.opened(OUTBOUND, "mtls");
-                    copy::bidirectional(OUTBOUND, &shared.metrics, &mut app, &mut tls).await;
+                    copy::bidirectional(OUTBOUND, &shared.metrics, &mut app, &mut upstream).await;
                 }
                 Err(e) => mesh_failed(
                     &shared,
@@ -73,11 +72,11 @@ pub async fn handle(
                 return plain(&shared, app, peer, dst).await;
             }
             let timeout = shared.config.outbound.auto_detect_timeout;
-            match connector::connect_mesh(&shared, dst, None, timeout).await {
-                Ok((mut tls, id)) => {
+            match connector::open_mesh(&shared, dst, None, timeout).await {
+                Ok((mut upstream, id)) => {
                     debug!(%peer, %dst, server = %id, "outbound mTLS established (auto)");
                     shared.metrics.opened(OUTBOUND, "mtls");
-                    copy::bidirectional(OUTBOUND, &shared.metrics, &mut app, &mut tls).await;
+                    copy::bidirectional(OUTBOUND, &shared.metrics, &mut app, &mut upstream).await;
                 }
                 Err(e) if e.peer_is_not_mesh() => {
                     info!(%peer, %dst, reason = e.reason(), error = %e, "auto: peer is not a meshlet proxy; falling back to plaintext");
@@ -85,7 +84,7 @@ pub async fn handle(
                     shared.routes.remember_plain(dst);
                     plain(&shared, app, peer, dst).await
                 }
-                Err(e) => mesh_failed(&shared, peer, dst, &e, "destination unreachable"),
+                Err(e) => mesh_failed(&shared, peer, dst, &e, "no fallback for this failure"),
             }
         }
     }

@@ -13,12 +13,18 @@ use rustls::{ClientConfig, CommonState, ServerConfig};
 
 /// The ALPN that marks mesh traffic: one mTLS connection per app connection.
 pub const ALPN_MESH: &[u8] = b"meshlet/1";
+/// The ALPN of the pooled transport: app connections as HTTP/2 CONNECT streams over one mTLS
+/// connection between two proxies.
+pub const ALPN_MUX: &[u8] = b"meshlet-mux/1";
 
-/// The two rustls configurations of a proxy.
+/// The rustls configurations of a proxy.
 #[derive(Clone)]
 pub struct TlsConfigs {
     pub server: Arc<ServerConfig>,
+    /// Offers only the per-connection transport.
     pub client: Arc<ClientConfig>,
+    /// Offers the pooled transport first, the per-connection one as a fallback.
+    pub client_mux: Arc<ClientConfig>,
 }
 
 pub fn configs(
@@ -32,7 +38,8 @@ pub fn configs(
             provider.clone(),
         )))
         .with_cert_resolver(Arc::new(StoreCertResolver(store.clone())));
-    server.alpn_protocols = vec![ALPN_MESH.to_vec()];
+    // The server's order decides: pooled when the client offers it.
+    server.alpn_protocols = vec![ALPN_MUX.to_vec(), ALPN_MESH.to_vec()];
     server.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
     server.send_tls13_tickets = 0;
 
@@ -44,12 +51,15 @@ pub fn configs(
             provider,
         )))
         .with_client_cert_resolver(Arc::new(StoreCertResolver(store)));
-    client.alpn_protocols = vec![ALPN_MESH.to_vec()];
     client.resumption = rustls::client::Resumption::disabled();
     client.enable_sni = false;
+    let mut client_mux = client.clone();
+    client.alpn_protocols = vec![ALPN_MESH.to_vec()];
+    client_mux.alpn_protocols = vec![ALPN_MUX.to_vec(), ALPN_MESH.to_vec()];
     Ok(TlsConfigs {
         server: Arc::new(server),
         client: Arc::new(client),
+        client_mux: Arc::new(client_mux),
     })
 }
 

@@ -1,0 +1,249 @@
+//! The pooled transport, server side: one authenticated mTLS connection from a peer proxy
+//! carries many app connections as HTTP/2 CONNECT streams. Each stream names its original
+//! destination, which must be on this pod, and passes policy on its own.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::pin::pin;
+use std::sync::Arc;
+
+use ::http::{Method, Request, Response, StatusCode};
+use bytes::Bytes;
+use http_body_util::Empty;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use meshlet_identity::SpiffeId;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::Notify;
+use tracing::{debug, warn};
+
+use crate::metrics::{DirLabels, ReasonLabels, INBOUND};
+use crate::orig_dst::OriginalDst;
+use crate::policy::Access;
+use crate::pool::{CONNECTION_WINDOW, MAX_FRAME, RETRY_HEADER, STREAM_WINDOW};
+use crate::{connector, copy, http, Shared};
+
+/// Streams one pooled connection may carry at once.
+const MAX_STREAMS: u32 = 16384;
+
+struct ConnCtx {
+    shared: Arc<Shared>,
+    caller: SpiffeId,
+    peer: SocketAddr,
+    /// Where the pooled connection itself was sent: streams may only target this IP.
+    outer_dst: SocketAddr,
+    dst_mode: OriginalDst,
+    /// Our identity generation when the connection was authenticated.
+    generation: u64,
+    stale: Notify,
+}
+
+/// Serves a pooled connection until the peer closes it (or it drains after a rotation).
+pub async fn serve<S>(
+    shared: Arc<Shared>,
+    tls: S,
+    peer: SocketAddr,
+    outer_dst: SocketAddr,
+    caller: SpiffeId,
+    dst_mode: OriginalDst,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    shared
+        .metrics
+        .mux_connections
+        .get_or_create(&DirLabels { direction: INBOUND })
+        .inc();
+    let ctx = Arc::new(ConnCtx {
+        generation: shared.store.generation(),
+        shared,
+        caller,
+        peer,
+        outer_dst,
+        dst_mode,
+        stale: Notify::new(),
+    });
+    let service_ctx = ctx.clone();
+    let service = hyper::service::service_fn(move |req| {
+        let ctx = service_ctx.clone();
+        async move { Ok::<_, Infallible>(stream(&ctx, req).await) }
+    });
+    let mut conn = pin!(
+        hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .initial_stream_window_size(STREAM_WINDOW)
+            .initial_connection_window_size(CONNECTION_WINDOW)
+            .max_frame_size(MAX_FRAME)
+            .adaptive_window(false)
+            .max_concurrent_streams(MAX_STREAMS)
+            .serve_connection(TokioIo::new(tls), service)
+    );
+    let mut draining = false;
+    loop {
+        tokio::select! {
+            result = conn.as_mut() => {
+                if let Err(e) = result {
+                    debug!(%peer, error = %e, "pooled connection ended with an error");
+                }
+                return;
+            }
+            _ = ctx.stale.notified(), if !draining => {
+                draining = true;
+                conn.as_mut().graceful_shutdown();
+            }
+        }
+    }
+}
+
+fn reply(status: StatusCode) -> Response<Empty<Bytes>> {
+    let mut resp = Response::new(Empty::new());
+    *resp.status_mut() = status;
+    resp
+}
+
+fn refuse(
+    ctx: &ConnCtx,
+    dst: Option<SocketAddr>,
+    reason: &'static str,
+    detail: &str,
+    status: StatusCode,
+) -> Response<Empty<Bytes>> {
+    ctx.shared.metrics.refused(INBOUND, reason);
+    warn!(
+        direction = INBOUND,
+        peer = %ctx.peer,
+        dst = ?dst,
+        identity = ctx.caller.as_str(),
+        reason,
+        "stream refused: {detail}"
+    );
+    reply(status)
+}
+
+async fn stream(ctx: &ConnCtx, mut req: Request<Incoming>) -> Response<Empty<Bytes>> {
+    let shared = &ctx.shared;
+    if shared.store.generation() != ctx.generation {
+        // Authenticated with an identity or bundle we no longer hold: drain, let the peer redial.
+        ctx.stale.notify_one();
+        let mut resp = reply(StatusCode::SERVICE_UNAVAILABLE);
+        resp.headers_mut().insert(
+            RETRY_HEADER,
+            ::http::HeaderValue::from_static("stale-connection"),
+        );
+        return resp;
+    }
+    if req.method() != Method::CONNECT {
+        return refuse(
+            ctx,
+            None,
+            "bad_stream",
+            "not a CONNECT request",
+            StatusCode::METHOD_NOT_ALLOWED,
+        );
+    }
+    let Some(named) = req
+        .uri()
+        .authority()
+        .and_then(|a| a.as_str().parse::<SocketAddr>().ok())
+    else {
+        return refuse(
+            ctx,
+            None,
+            "bad_stream",
+            "CONNECT without an ip:port authority",
+            StatusCode::BAD_REQUEST,
+        );
+    };
+    let dst = match ctx.dst_mode {
+        OriginalDst::Fixed(addr) => addr,
+        OriginalDst::Kernel => {
+            if named.ip() != ctx.outer_dst.ip() {
+                let detail = format!(
+                    "stream names {named}, which is not on this pod ({})",
+                    ctx.outer_dst.ip()
+                );
+                return refuse(
+                    ctx,
+                    Some(named),
+                    "foreign_target",
+                    &detail,
+                    StatusCode::FORBIDDEN,
+                );
+            }
+            named
+        }
+    };
+    if dst.port() == shared.config.inbound.port || dst.port() == shared.config.outbound.port {
+        return refuse(
+            ctx,
+            Some(dst),
+            "loop",
+            "stream to a proxy port",
+            StatusCode::FORBIDDEN,
+        );
+    }
+    let access = match shared
+        .policy
+        .check_connection(Some(&ctx.caller), dst.port())
+    {
+        Ok(access) => access,
+        Err(d) => {
+            shared
+                .metrics
+                .policy_denials
+                .get_or_create(&ReasonLabels {
+                    direction: INBOUND,
+                    reason: d.reason,
+                })
+                .inc();
+            return refuse(ctx, Some(dst), d.reason, &d.detail, StatusCode::FORBIDDEN);
+        }
+    };
+    let upgrade = hyper::upgrade::on(&mut req);
+    shared
+        .metrics
+        .mux_streams
+        .get_or_create(&DirLabels { direction: INBOUND })
+        .inc();
+    shared.metrics.opened(INBOUND, "mtls");
+    let (shared, caller, peer) = (shared.clone(), ctx.caller.clone(), ctx.peer);
+    match access {
+        Access::Tcp => {
+            let mut app = match connector::connect_tcp(dst, shared.config.timeouts.connect).await {
+                Ok(app) => app,
+                Err(e) => {
+                    let detail = format!("cannot connect to the app at {dst}: {e}");
+                    return refuse(
+                        ctx,
+                        Some(dst),
+                        "app_unreachable",
+                        &detail,
+                        StatusCode::SERVICE_UNAVAILABLE,
+                    );
+                }
+            };
+            tokio::spawn(async move {
+                let _active = shared.metrics.track(INBOUND);
+                if let Ok(upgraded) = upgrade.await {
+                    copy::bidirectional(
+                        INBOUND,
+                        &shared.metrics,
+                        &mut TokioIo::new(upgraded),
+                        &mut app,
+                    )
+                    .await;
+                }
+            });
+        }
+        Access::Http => {
+            tokio::spawn(async move {
+                let _active = shared.metrics.track(INBOUND);
+                if let Ok(upgraded) = upgrade.await {
+                    http::serve_inbound(shared.clone(), TokioIo::new(upgraded), peer, dst, caller)
+                        .await;
+                }
+            });
+        }
+    }
+    reply(StatusCode::OK)
+}

@@ -1,0 +1,227 @@
+//! The pooled transport, client side: app connections to a peer become HTTP/2 CONNECT streams
+//! over one long-lived mTLS connection to that peer's proxy, so a new app connection costs no
+//! TLS handshake.
+//!
+//! A pooled connection is keyed by the peer's IP (any captured port of that IP reaches the same
+//! proxy), carries streams between exactly one pair of identities (ours at the time it was made,
+//! and the peer's it proved), and is not reused once our identity or trust bundle has changed:
+//! the next app connection opens a fresh one and the old one drains as its streams end.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Method, Request, StatusCode};
+use http_body_util::Empty;
+use hyper::client::conn::http2::SendRequest;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use meshlet_identity::SpiffeId;
+use tracing::{debug, info};
+
+use crate::connector::{check_pins, connect_tls, ConnectError, Upstream};
+use crate::metrics::OUTBOUND;
+use crate::Shared;
+
+/// Header a peer sets when it refuses a stream because the pooled connection is stale.
+pub const RETRY_HEADER: &str = "meshlet-retry";
+
+/// Flow-control windows: large enough that one stream can fill a fast link.
+pub const STREAM_WINDOW: u32 = 4 << 20;
+pub const CONNECTION_WINDOW: u32 = 16 << 20;
+pub const MAX_FRAME: u32 = 64 << 10;
+
+#[derive(Clone)]
+struct PooledConn {
+    sender: SendRequest<Empty<Bytes>>,
+    peer: SpiffeId,
+    generation: u64,
+}
+
+type Slot = Arc<tokio::sync::Mutex<Option<PooledConn>>>;
+
+#[derive(Default)]
+pub struct Pool {
+    slots: Mutex<HashMap<IpAddr, Slot>>,
+    /// Peers that answered the pooled ALPN with the per-connection one.
+    no_mux: Mutex<HashMap<IpAddr, ()>>,
+}
+
+impl Pool {
+    fn slot(&self, ip: IpAddr) -> Slot {
+        let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        slots.entry(ip).or_default().clone()
+    }
+
+    fn peer_lacks_mux(&self, ip: IpAddr) -> bool {
+        self.no_mux
+            .lock()
+            .map(|m| m.contains_key(&ip))
+            .unwrap_or(false)
+    }
+
+    /// A stream to `dst` over a pooled connection (opening one if needed), or, for a peer that
+    /// does not speak the pooled transport, a connection of its own.
+    pub async fn open(
+        &self,
+        shared: &Shared,
+        dst: SocketAddr,
+        pins: Option<&[SpiffeId]>,
+        handshake_timeout: Duration,
+    ) -> Result<(Upstream, SpiffeId), ConnectError> {
+        if self.peer_lacks_mux(dst.ip()) {
+            let conn =
+                connect_tls(shared, dst, shared.tls.client.clone(), handshake_timeout).await?;
+            check_pins(dst, &conn.peer, pins)?;
+            return Ok((Upstream::Tls(Box::new(conn.stream)), conn.peer));
+        }
+        // One retry: a stale pooled connection is replaced once.
+        for attempt in 0..2 {
+            let conn = match self
+                .pooled(shared, dst, handshake_timeout, attempt > 0)
+                .await?
+            {
+                Ok(conn) => conn,
+                Err(direct) => return Ok(direct),
+            };
+            check_pins(dst, &conn.peer, pins)?;
+            match stream(conn.sender.clone(), dst).await {
+                Ok(io) => {
+                    shared
+                        .metrics
+                        .mux_streams
+                        .get_or_create(&crate::metrics::DirLabels {
+                            direction: OUTBOUND,
+                        })
+                        .inc();
+                    return Ok((Upstream::Stream(io), conn.peer));
+                }
+                Err(StreamError::Stale) if attempt == 0 => {
+                    debug!(%dst, "pooled connection is stale on the peer's side; reconnecting");
+                    self.slot(dst.ip()).lock().await.take();
+                }
+                Err(StreamError::Stale) => {
+                    return Err(ConnectError::StreamRefused {
+                        dst,
+                        why: "pooled connection stale twice".into(),
+                    })
+                }
+                Err(StreamError::Refused(why)) => {
+                    return Err(ConnectError::StreamRefused { dst, why })
+                }
+                Err(StreamError::Hyper(err)) => {
+                    self.slot(dst.ip()).lock().await.take();
+                    return Err(ConnectError::Pool { dst, err });
+                }
+            }
+        }
+        Err(ConnectError::StreamRefused {
+            dst,
+            why: "no usable pooled connection".into(),
+        })
+    }
+
+    /// The live pooled connection to `dst`'s IP, opened when missing, dead or stale.
+    /// `Ok(Err(upstream))` when the peer chose the per-connection transport instead.
+    async fn pooled(
+        &self,
+        shared: &Shared,
+        dst: SocketAddr,
+        handshake_timeout: Duration,
+        force_new: bool,
+    ) -> Result<Result<PooledConn, (Upstream, SpiffeId)>, ConnectError> {
+        let slot = self.slot(dst.ip());
+        let mut guard = slot.lock().await;
+        let generation = shared.store.generation();
+        if let Some(conn) = guard.as_ref() {
+            if !force_new && !conn.sender.is_closed() && conn.generation == generation {
+                return Ok(Ok(conn.clone()));
+            }
+        }
+        *guard = None;
+        let conn = connect_tls(
+            shared,
+            dst,
+            shared.tls.client_mux.clone(),
+            handshake_timeout,
+        )
+        .await?;
+        if !conn.mux {
+            if let Ok(mut m) = self.no_mux.lock() {
+                m.insert(dst.ip(), ());
+            }
+            return Ok(Err((Upstream::Tls(Box::new(conn.stream)), conn.peer)));
+        }
+        let (sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .initial_stream_window_size(STREAM_WINDOW)
+            .initial_connection_window_size(CONNECTION_WINDOW)
+            .max_frame_size(MAX_FRAME)
+            .adaptive_window(false)
+            .keep_alive_interval(Duration::from_secs(30))
+            .keep_alive_timeout(Duration::from_secs(10))
+            .handshake(TokioIo::new(conn.stream))
+            .await
+            .map_err(|err| ConnectError::Pool { dst, err })?;
+        let peer = conn.peer.clone();
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                debug!(%dst, error = %e, "pooled connection ended");
+            }
+        });
+        shared
+            .metrics
+            .mux_connections
+            .get_or_create(&crate::metrics::DirLabels {
+                direction: OUTBOUND,
+            })
+            .inc();
+        info!(%dst, %peer, "pooled connection to a peer proxy opened");
+        let pooled = PooledConn {
+            sender,
+            peer,
+            generation,
+        };
+        *guard = Some(pooled.clone());
+        Ok(Ok(pooled))
+    }
+}
+
+enum StreamError {
+    Stale,
+    Refused(String),
+    Hyper(hyper::Error),
+}
+
+/// Opens one CONNECT stream naming the app connection's original destination.
+async fn stream(
+    mut sender: SendRequest<Empty<Bytes>>,
+    dst: SocketAddr,
+) -> Result<TokioIo<hyper::upgrade::Upgraded>, StreamError> {
+    sender.ready().await.map_err(StreamError::Hyper)?;
+    let req = Request::builder()
+        .method(Method::CONNECT)
+        .uri(dst.to_string())
+        .body(Empty::<Bytes>::new())
+        .map_err(|e| StreamError::Refused(e.to_string()))?;
+    let mut resp = sender.send_request(req).await.map_err(StreamError::Hyper)?;
+    match resp.status() {
+        StatusCode::OK => {}
+        StatusCode::SERVICE_UNAVAILABLE if resp.headers().contains_key(RETRY_HEADER) => {
+            return Err(StreamError::Stale)
+        }
+        status => {
+            let why = match status {
+                StatusCode::FORBIDDEN => "denied by the peer's policy".to_owned(),
+                StatusCode::SERVICE_UNAVAILABLE => "the peer's app is unreachable".to_owned(),
+                other => format!("status {other}"),
+            };
+            return Err(StreamError::Refused(why));
+        }
+    }
+    hyper::upgrade::on(&mut resp)
+        .await
+        .map(TokioIo::new)
+        .map_err(StreamError::Hyper)
+}

@@ -1,0 +1,249 @@
+//! The pooled transport: app connections as streams over one mTLS connection between proxies.
+
+mod common;
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use common::*;
+use meshlet_identity::issue::Ca;
+use meshlet_identity::source::parse_certs;
+use meshlet_identity::{crypto_provider, Identity, SpiffeClientVerifier};
+use rustls::pki_types::PrivateKeyDer;
+use rustls_pki_types::pem::PemObject;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+async fn pair(
+    ca: &Ca,
+    client_yaml: &str,
+    backend: std::net::SocketAddr,
+) -> (meshlet_proxy::Running, meshlet_proxy::Running) {
+    let server = proxy(
+        config(""),
+        store(ca, &leaf(ca, "/ns/default/sa/echo", |_| {})),
+        backend,
+        backend,
+    )
+    .await;
+    let target = server.inbound_addrs[0];
+    let client = proxy(
+        config(client_yaml),
+        store(ca, &leaf(ca, "/ns/default/sa/pod-worker", |_| {})),
+        target,
+        target,
+    )
+    .await;
+    (client, server)
+}
+
+const HANDSHAKES: &str = r#"meshlet_tls_handshake_duration_seconds_count{direction="inbound"}"#;
+
+#[tokio::test]
+async fn many_app_connections_share_one_handshake() {
+    let ca = Ca::new(TD, DAY).unwrap();
+    let echo = echo().await;
+    let (client, server) = pair(&ca, "outbound: {mtls: mtls}", echo.addr).await;
+    // Concurrent first connections must not each open a pooled connection.
+    let mut tasks = Vec::new();
+    for i in 0..20 {
+        let addr = client.outbound_addrs[0];
+        tasks.push(tokio::spawn(async move {
+            roundtrip(addr, format!("conn {i}").as_bytes())
+                .await
+                .unwrap()
+        }));
+    }
+    for (i, t) in tasks.into_iter().enumerate() {
+        assert_eq!(t.await.unwrap(), format!("conn {i}").as_bytes());
+    }
+    let m = metrics(&server).await;
+    assert_eq!(metric(&m, HANDSHAKES), 1.0, "{m}");
+    assert_eq!(
+        metric(
+            &m,
+            r#"meshlet_pooled_connections_total{direction="inbound"}"#
+        ),
+        1.0
+    );
+    assert_eq!(
+        metric(&m, r#"meshlet_pooled_streams_total{direction="inbound"}"#),
+        20.0
+    );
+    assert_eq!(echo.accepted.load(Ordering::SeqCst), 20);
+}
+
+#[tokio::test]
+async fn per_connection_transport_pays_a_handshake_per_connection() {
+    let ca = Ca::new(TD, DAY).unwrap();
+    let echo = echo().await;
+    let (client, server) = pair(
+        &ca,
+        "outbound: {mtls: mtls, transport: per_connection}",
+        echo.addr,
+    )
+    .await;
+    for _ in 0..3 {
+        assert_eq!(
+            roundtrip(client.outbound_addrs[0], b"x").await.unwrap(),
+            b"x"
+        );
+    }
+    let m = metrics(&server).await;
+    assert_eq!(metric(&m, HANDSHAKES), 3.0, "{m}");
+    assert_eq!(
+        metric(&m, r#"meshlet_pooled_streams_total{direction="inbound"}"#),
+        0.0
+    );
+}
+
+#[tokio::test]
+async fn a_pooled_connection_is_replaced_after_the_server_rotates_its_identity() {
+    let ca = Ca::new(TD, DAY).unwrap();
+    let echo = echo().await;
+    let server_store = store(&ca, &leaf(&ca, "/ns/default/sa/echo", |_| {}));
+    let server = proxy(config(""), server_store.clone(), echo.addr, echo.addr).await;
+    let target = server.inbound_addrs[0];
+    let client = proxy(
+        config("outbound: {mtls: mtls}"),
+        store(&ca, &leaf(&ca, "/ns/default/sa/pod-worker", |_| {})),
+        target,
+        target,
+    )
+    .await;
+    assert_eq!(
+        roundtrip(client.outbound_addrs[0], b"before")
+            .await
+            .unwrap(),
+        b"before"
+    );
+    let renewed = leaf(&ca, "/ns/default/sa/echo", |_| {});
+    let identity = Identity::from_pem(
+        renewed.cert.as_bytes(),
+        renewed.key.as_bytes(),
+        ca.pem.cert.as_bytes(),
+        TD,
+        &crypto_provider(),
+    )
+    .unwrap();
+    server_store.replace(identity);
+    // The old pooled connection refuses new streams; the client redials transparently.
+    assert_eq!(
+        roundtrip(client.outbound_addrs[0], b"after").await.unwrap(),
+        b"after"
+    );
+    let m = metrics(&server).await;
+    assert_eq!(
+        metric(
+            &m,
+            r#"meshlet_pooled_connections_total{direction="inbound"}"#
+        ),
+        2.0,
+        "{m}"
+    );
+    assert_eq!(metric(&m, HANDSHAKES), 2.0);
+}
+
+#[tokio::test]
+async fn policy_is_checked_per_stream() {
+    let ca = Ca::new(TD, DAY).unwrap();
+    let echo = echo().await;
+    let yaml = format!("inbound:\n  policy:\n    - ports: [{}]\n      from: [spiffe://cluster.local/ns/default/sa/pod-worker]\n", echo.addr.port());
+    let server = proxy(
+        config(&yaml),
+        store(&ca, &leaf(&ca, "/ns/default/sa/echo", |_| {})),
+        echo.addr,
+        echo.addr,
+    )
+    .await;
+    let target = server.inbound_addrs[0];
+    let allowed = proxy(
+        config("outbound: {mtls: mtls}"),
+        store(&ca, &leaf(&ca, "/ns/default/sa/pod-worker", |_| {})),
+        target,
+        target,
+    )
+    .await;
+    let other = proxy(
+        config("outbound: {mtls: mtls}"),
+        store(&ca, &leaf(&ca, "/ns/default/sa/other", |_| {})),
+        target,
+        target,
+    )
+    .await;
+    assert_eq!(
+        roundtrip(allowed.outbound_addrs[0], b"ok").await.unwrap(),
+        b"ok"
+    );
+    assert!(roundtrip(other.outbound_addrs[0], b"no")
+        .await
+        .unwrap_or_default()
+        .is_empty());
+    assert_eq!(echo.accepted.load(Ordering::SeqCst), 1);
+    let m = metrics(&other).await;
+    assert_eq!(
+        metric(
+            &m,
+            r#"meshlet_connections_refused_total{direction="outbound",reason="stream_refused"}"#
+        ),
+        1.0,
+        "{m}"
+    );
+}
+
+#[tokio::test]
+async fn a_peer_without_the_pooled_transport_gets_a_connection_per_app_connection() {
+    let ca = Ca::new(TD, DAY).unwrap();
+    let client_store = store(&ca, &leaf(&ca, "/ns/default/sa/pod-worker", |_| {}));
+    // An older peer: speaks only meshlet/1 and echoes what it decrypts.
+    let server_leaf = leaf(&ca, "/ns/default/sa/old", |_| {});
+    let mut cfg = rustls::ServerConfig::builder_with_provider(crypto_provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_client_cert_verifier(Arc::new(SpiffeClientVerifier::new(
+            client_store.clone(),
+            crypto_provider(),
+        )))
+        .with_single_cert(
+            parse_certs(server_leaf.cert.as_bytes()).unwrap(),
+            PrivateKeyDer::from_pem_slice(server_leaf.key.as_bytes()).unwrap(),
+        )
+        .unwrap();
+    cfg.alpn_protocols = vec![b"meshlet/1".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                if let Ok(mut tls) = acceptor.accept(s).await {
+                    let mut buf = vec![0u8; 1024];
+                    while let Ok(n) = tls.read(&mut buf).await {
+                        if n == 0 || tls.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                    let _ = tls.shutdown().await;
+                }
+            });
+        }
+    });
+    let client = proxy(config("outbound: {mtls: mtls}"), client_store, addr, addr).await;
+    for msg in [&b"first"[..], b"second"] {
+        assert_eq!(roundtrip(client.outbound_addrs[0], msg).await.unwrap(), msg);
+    }
+    let m = metrics(&client).await;
+    assert_eq!(
+        metric(&m, r#"meshlet_pooled_streams_total{direction="outbound"}"#),
+        0.0,
+        "{m}"
+    );
+    assert_eq!(
+        metric(
+            &m,
+            r#"meshlet_connections_opened_total{direction="outbound",tls="mtls"}"#
+        ),
+        2.0
+    );
+}
