@@ -226,9 +226,9 @@ def stunnel_confs(d):
     open(f"{d}/stunnel-server.conf", "w").write(server)
 
 
-def meshlet_conf(d, who):
+def meshlet_conf(d, who, transport):
     path = f"{d}/meshlet-{who}.yaml"
-    extra = "outbound:\n  mtls: mtls\n" if who == "client" else "inbound:\n  mode: strict\n"
+    extra = f"outbound:\n  mtls: mtls\n  transport: {transport}\n" if who == "client" else "inbound:\n  mode: strict\n"
     open(path, "w").write(
         f"trust_domain: cluster.local\nidentity:\n  cert: {d}/{who}/tls.crt\n  key: {d}/{who}/tls.key\n  bundle: {d}/{who}/ca.crt\n"
         f"workers: 1\nlog:\n  level: warn\n{extra}")
@@ -239,11 +239,13 @@ def start_pair(kind, procs, d, meshlet):
     """Starts the proxies of `kind`; returns (http target, iperf target host, iperf port, names)."""
     if kind == "direct":
         return f"{SERVER_IP}:8080", SERVER_IP, 5201, []
-    if kind == "meshlet":
+    if kind.startswith("meshlet"):
+        # "meshlet": the default pooled transport; "meshlet-per-connection": one mTLS connection each.
+        transport = "per_connection" if kind == "meshlet-per-connection" else "pooled"
         for who, netns in (("client", CLIENT), ("server", SERVER)):
             ns(netns, meshlet, "init")
             procs.start(f"meshlet-{who}", ["setpriv", "--reuid=1337", "--regid=1337", "--clear-groups",
-                                           meshlet, "proxy", "--config", meshlet_conf(d, who)], netns=netns)
+                                           meshlet, "proxy", "--config", meshlet_conf(d, who, transport)], netns=netns)
         for netns in (CLIENT, SERVER):
             wait_ready(netns)
         return f"{SERVER_IP}:8080", SERVER_IP, 5201, ["meshlet-client", "meshlet-server"]
@@ -393,7 +395,7 @@ def main():
     ap.add_argument("--seconds", type=int, default=10)
     ap.add_argument("--connections", type=int, default=50)
     ap.add_argument("--idle", type=int, default=10000, help="idle connections for the memory measurement")
-    ap.add_argument("--only", default="direct,meshlet,haproxy,nginx,stunnel")
+    ap.add_argument("--only", default="direct,meshlet,meshlet-per-connection,haproxy,nginx,stunnel")
     ap.add_argument("--meshlet", default=os.path.join(ROOT, "target/release/meshlet"))
     ap.add_argument("--out", default=os.path.join(ROOT, "bench/results/latest.json"))
     a = ap.parse_args()

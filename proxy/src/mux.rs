@@ -20,7 +20,7 @@ use tracing::{debug, warn};
 use crate::metrics::{DirLabels, ReasonLabels, INBOUND};
 use crate::orig_dst::OriginalDst;
 use crate::policy::Access;
-use crate::pool::{CONNECTION_WINDOW, MAX_FRAME, RETRY_HEADER, STREAM_WINDOW};
+use crate::pool::{CONNECTION_WINDOW, MAX_FRAME, RETRY_HEADER, SEND_BUF, STREAM_WINDOW};
 use crate::{connector, copy, http, Shared};
 
 /// Streams one pooled connection may carry at once.
@@ -74,6 +74,7 @@ pub async fn serve<S>(
             .initial_stream_window_size(STREAM_WINDOW)
             .initial_connection_window_size(CONNECTION_WINDOW)
             .max_frame_size(MAX_FRAME)
+            .max_send_buf_size(SEND_BUF)
             .adaptive_window(false)
             .max_concurrent_streams(MAX_STREAMS)
             .serve_connection(TokioIo::new(tls), service)

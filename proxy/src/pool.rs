@@ -30,7 +30,9 @@ pub const RETRY_HEADER: &str = "meshlet-retry";
 /// Flow-control windows: large enough that one stream can fill a fast link.
 pub const STREAM_WINDOW: u32 = 4 << 20;
 pub const CONNECTION_WINDOW: u32 = 16 << 20;
-pub const MAX_FRAME: u32 = 64 << 10;
+pub const MAX_FRAME: u32 = 1 << 20;
+/// Bytes hyper may buffer per stream before asking the writer to wait.
+pub const SEND_BUF: usize = 4 << 20;
 
 #[derive(Clone)]
 struct PooledConn {
@@ -158,6 +160,7 @@ impl Pool {
             .initial_stream_window_size(STREAM_WINDOW)
             .initial_connection_window_size(CONNECTION_WINDOW)
             .max_frame_size(MAX_FRAME)
+            .max_send_buf_size(SEND_BUF)
             .adaptive_window(false)
             .keep_alive_interval(Duration::from_secs(30))
             .keep_alive_timeout(Duration::from_secs(10))
