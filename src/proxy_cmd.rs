@@ -2,10 +2,11 @@
 
 use std::sync::Arc;
 
+use anyhow::Context;
 use meshlet_identity::{Identity, IdentityStore};
 use meshlet_proxy::args::ProxyArgs;
 use meshlet_proxy::config::{Config, LogFormat};
-use meshlet_proxy::{rotation, Listeners};
+use meshlet_proxy::{rotation, spire, Listeners};
 
 use crate::Failure;
 
@@ -14,17 +15,17 @@ pub fn run(args: ProxyArgs) -> Result<(), Failure> {
         .load()
         .map_err(|e| Failure::Usage(format!("invalid configuration: {e}")))?;
     init_logging(&config);
-    if let Some(socket) = &config.identity.spiffe_endpoint_socket {
-        return Err(Failure::Usage(format!(
-            "identity.spiffe_endpoint_socket ({socket}): the SPIFFE Workload API is not supported by this build yet; \
-             mount the SVID as files (identity.cert/key/bundle), e.g. with spiffe-helper or csi-driver-spiffe"
-        )));
-    }
-    let provider = meshlet_identity::crypto_provider();
-    let identity = Identity::load(&config.identity_files(), &config.trust_domain, &provider)
-        .map_err(|e| Failure::Runtime(format!("cannot load the workload identity: {e}")))?;
-    rotation::warn_if_expiring(&identity);
-    let store = Arc::new(IdentityStore::new(identity));
+    let spire_socket = config
+        .identity
+        .spiffe_endpoint_socket
+        .as_deref()
+        .map(spire::socket_path)
+        .transpose()
+        .map_err(|e| {
+            Failure::Usage(format!(
+                "invalid configuration: identity.spiffe_endpoint_socket: {e}"
+            ))
+        })?;
 
     let workers = match config.workers {
         0 => std::thread::available_parallelism()
@@ -45,12 +46,34 @@ pub fn run(args: ProxyArgs) -> Result<(), Failure> {
     .map_err(|e| Failure::Runtime(format!("cannot start the runtime: {e}")))?;
 
     runtime.block_on(async move {
-        let listeners = Listeners::from_config(&config);
-        let files = config.identity_files();
         let trust_domain = config.trust_domain.clone();
+        let files = config.identity_files();
+        // The identity first: from the SPIRE agent (waiting for it) or from files.
+        let (store, spire_stream) = match &spire_socket {
+            Some(socket) => {
+                let first = tokio::select! {
+                    first = spire::first_identity(socket, &trust_domain) => first,
+                    _ = meshlet_proxy::termination_signal() => return Ok(()),
+                };
+                (Arc::new(IdentityStore::new(first.0)), Some(first.1))
+            }
+            None => {
+                let provider = meshlet_identity::crypto_provider();
+                let identity = Identity::load(&files, &trust_domain, &provider)
+                    .context("cannot load the workload identity")?;
+                rotation::warn_if_expiring(&identity);
+                (Arc::new(IdentityStore::new(identity)), None)
+            }
+        };
+        let listeners = Listeners::from_config(&config);
         let running = meshlet_proxy::start(config, store.clone(), listeners).await?;
-        let _watcher =
-            rotation::spawn_watcher(store, files, trust_domain, running.shared.metrics.clone())?;
+        let metrics = running.shared.metrics.clone();
+        let _source = match (spire_socket, spire_stream) {
+            (Some(socket), Some(stream)) => {
+                tokio::spawn(spire::follow(socket, stream, store, trust_domain, metrics))
+            }
+            _ => rotation::spawn_watcher(store, files, trust_domain, metrics)?,
+        };
         let shared = running.shared.clone();
         tokio::spawn(async move {
             meshlet_proxy::termination_signal().await;

@@ -103,7 +103,34 @@ impl Identity {
         provider: &CryptoProvider,
     ) -> Result<Self, (Part, String)> {
         let chain = parse_certs(cert_pem).map_err(|e| (Part::Cert, e))?;
-        let leaf = &chain[0];
+        let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| {
+            (
+                Part::Key,
+                format!("no usable private key (PKCS#8, SEC1 or PKCS#1 PEM): {e}"),
+            )
+        })?;
+        let mut bundles = TrustBundles::default();
+        bundles
+            .insert(
+                trust_domain,
+                parse_certs(bundle_pem).map_err(|e| (Part::Bundle, e))?,
+            )
+            .map_err(|e| (Part::Bundle, e))?;
+        Self::from_parts(chain, key, bundles, trust_domain, provider)
+    }
+
+    /// Validates decoded material (from files or the SPIFFE Workload API): the chain, a key that
+    /// matches the leaf, and bundles that include our own trust domain's.
+    pub fn from_parts(
+        chain: Vec<CertificateDer<'static>>,
+        key: PrivateKeyDer<'static>,
+        bundles: TrustBundles,
+        trust_domain: &str,
+        provider: &CryptoProvider,
+    ) -> Result<Self, (Part, String)> {
+        let Some(leaf) = chain.first() else {
+            return Err((Part::Cert, "no certificate".into()));
+        };
         let info = svid::check_leaf(leaf).map_err(|e| (Part::Cert, e.to_string()))?;
         svid::check_own_eku(leaf).map_err(|e| (Part::Cert, e.to_string()))?;
         if info.id.trust_domain() != trust_domain {
@@ -118,13 +145,12 @@ impl Identity {
         }
         info.check_time(SystemTime::now())
             .map_err(|e| (Part::Cert, e.to_string()))?;
-
-        let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| {
-            (
-                Part::Key,
-                format!("no usable private key (PKCS#8, SEC1 or PKCS#1 PEM): {e}"),
-            )
-        })?;
+        if bundles.anchors(trust_domain).is_none() {
+            return Err((
+                Part::Bundle,
+                format!("no trust bundle for our own trust domain {trust_domain:?}"),
+            ));
+        }
         let signing_key = provider
             .key_provider
             .load_private_key(key)
@@ -136,15 +162,6 @@ impl Identity {
                 "the private key does not match the certificate".to_owned(),
             )
         })?;
-
-        let mut bundles = TrustBundles::default();
-        bundles
-            .insert(
-                trust_domain,
-                parse_certs(bundle_pem).map_err(|e| (Part::Bundle, e))?,
-            )
-            .map_err(|e| (Part::Bundle, e))?;
-
         Ok(Identity {
             id: info.id,
             certified_key: Arc::new(certified_key),

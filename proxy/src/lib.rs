@@ -25,6 +25,7 @@ pub mod pool;
 pub mod rewind;
 pub mod rotation;
 pub mod routes;
+pub mod spire;
 pub mod tls;
 
 use std::net::SocketAddr;

@@ -37,13 +37,25 @@ pub fn reload(
     why: &str,
 ) -> Reload {
     let provider = meshlet_identity::crypto_provider();
-    match Identity::load(files, trust_domain, &provider) {
+    let loaded = Identity::load(files, trust_domain, &provider).map_err(|e| e.to_string());
+    apply(store, loaded, metrics, why)
+}
+
+/// Swaps in a freshly loaded identity when it differs from the current one; a load that failed
+/// is counted and logged, and the current identity stays.
+pub fn apply(
+    store: &IdentityStore,
+    loaded: Result<Identity, String>,
+    metrics: &Metrics,
+    why: &str,
+) -> Reload {
+    match loaded {
         Ok(new) => {
             if new.same_as(&store.current()) {
                 if why == "SIGHUP" {
                     info!(why, "identity files reloaded: unchanged");
                 } else {
-                    debug!(why, "identity files unchanged");
+                    debug!(why, "identity unchanged");
                 }
                 return Reload::Unchanged;
             }
@@ -63,7 +75,7 @@ pub fn reload(
                 .rotations
                 .get_or_create(&ResultLabels { result: "refused" })
                 .inc();
-            warn!(why, error = %e, "identity reload refused; keeping the current certificate and bundle");
+            warn!(why, error = %e, "identity update refused; keeping the current certificate and bundle");
             Reload::Refused
         }
     }
