@@ -120,29 +120,22 @@ pub fn reason_of(err: &rustls::Error) -> &'static str {
     }
 }
 
-/// Verifies servers for our TLS client. The trust bundle is read from the store on every
-/// handshake, so a rotated bundle applies to the next connection.
+/// What both verifiers share: the store (read on every handshake, so a rotated bundle applies to
+/// the next connection) and the crypto provider.
 #[derive(Debug)]
-pub struct SpiffeServerVerifier {
+struct Checker {
     store: Arc<IdentityStore>,
     provider: Arc<CryptoProvider>,
 }
 
-impl SpiffeServerVerifier {
-    pub fn new(store: Arc<IdentityStore>, provider: Arc<CryptoProvider>) -> Self {
-        SpiffeServerVerifier { store, provider }
-    }
-}
-
-impl ServerCertVerifier for SpiffeServerVerifier {
-    fn verify_server_cert(
+impl Checker {
+    fn verify(
         &self,
         end_entity: &CertificateDer<'_>,
         intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
         now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
+        usage: Usage,
+    ) -> Result<(), rustls::Error> {
         let identity = self.store.current();
         verify_peer(
             &identity.bundles,
@@ -150,22 +143,13 @@ impl ServerCertVerifier for SpiffeServerVerifier {
             end_entity,
             intermediates,
             now,
-            Usage::Server,
+            usage,
         )
-        .map(|_| ServerCertVerified::assertion())
+        .map(|_| ())
         .map_err(to_rustls)
     }
 
-    fn verify_tls12_signature(
-        &self,
-        _message: &[u8],
-        _cert: &CertificateDer<'_>,
-        _dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Err(rustls::Error::General("TLS 1.2 is not accepted".into()))
-    }
-
-    fn verify_tls13_signature(
+    fn tls13(
         &self,
         message: &[u8],
         cert: &CertificateDer<'_>,
@@ -179,23 +163,71 @@ impl ServerCertVerifier for SpiffeServerVerifier {
         )
     }
 
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+    fn schemes(&self) -> Vec<SignatureScheme> {
         self.provider
             .signature_verification_algorithms
             .supported_schemes()
     }
 }
 
-/// Verifies clients for our TLS server; a client certificate is mandatory.
-#[derive(Debug)]
-pub struct SpiffeClientVerifier {
-    store: Arc<IdentityStore>,
-    provider: Arc<CryptoProvider>,
+fn no_tls12() -> Result<HandshakeSignatureValid, rustls::Error> {
+    Err(rustls::Error::General("TLS 1.2 is not accepted".into()))
 }
+
+/// Verifies servers for our TLS client (serverAuth; the server name plays no part).
+#[derive(Debug)]
+pub struct SpiffeServerVerifier(Checker);
+
+impl SpiffeServerVerifier {
+    pub fn new(store: Arc<IdentityStore>, provider: Arc<CryptoProvider>) -> Self {
+        SpiffeServerVerifier(Checker { store, provider })
+    }
+}
+
+impl ServerCertVerifier for SpiffeServerVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        self.0
+            .verify(end_entity, intermediates, now, Usage::Server)
+            .map(|()| ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        _message: &[u8],
+        _cert: &CertificateDer<'_>,
+        _dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        no_tls12()
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.tls13(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.schemes()
+    }
+}
+
+/// Verifies clients for our TLS server (clientAuth); a client certificate is mandatory.
+#[derive(Debug)]
+pub struct SpiffeClientVerifier(Checker);
 
 impl SpiffeClientVerifier {
     pub fn new(store: Arc<IdentityStore>, provider: Arc<CryptoProvider>) -> Self {
-        SpiffeClientVerifier { store, provider }
+        SpiffeClientVerifier(Checker { store, provider })
     }
 }
 
@@ -210,17 +242,9 @@ impl ClientCertVerifier for SpiffeClientVerifier {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        let identity = self.store.current();
-        verify_peer(
-            &identity.bundles,
-            &self.provider,
-            end_entity,
-            intermediates,
-            now,
-            Usage::Client,
-        )
-        .map(|_| ClientCertVerified::assertion())
-        .map_err(to_rustls)
+        self.0
+            .verify(end_entity, intermediates, now, Usage::Client)
+            .map(|()| ClientCertVerified::assertion())
     }
 
     fn verify_tls12_signature(
@@ -229,7 +253,7 @@ impl ClientCertVerifier for SpiffeClientVerifier {
         _cert: &CertificateDer<'_>,
         _dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Err(rustls::Error::General("TLS 1.2 is not accepted".into()))
+        no_tls12()
     }
 
     fn verify_tls13_signature(
@@ -238,17 +262,10 @@ impl ClientCertVerifier for SpiffeClientVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        self.0.tls13(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
+        self.0.schemes()
     }
 }

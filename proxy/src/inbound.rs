@@ -94,14 +94,7 @@ pub async fn handle(
                 );
             }
             if let Err(d) = shared.policy.check_connection(None, dst.port()) {
-                shared
-                    .metrics
-                    .policy_denials
-                    .get_or_create(&crate::metrics::ReasonLabels {
-                        direction: INBOUND,
-                        reason: d.reason,
-                    })
-                    .inc();
+                shared.metrics.policy_denied(INBOUND, d.reason);
                 return refuse(&shared, peer, Some(dst), None, d.reason, &d.detail);
             }
             debug!(%peer, %dst, "permissive: passing {what} through");
@@ -221,14 +214,7 @@ async fn mesh(
     }
     match shared.policy.check_connection(Some(&caller), dst.port()) {
         Err(d) => {
-            shared
-                .metrics
-                .policy_denials
-                .get_or_create(&crate::metrics::ReasonLabels {
-                    direction: INBOUND,
-                    reason: d.reason,
-                })
-                .inc();
+            shared.metrics.policy_denied(INBOUND, d.reason);
             refuse(shared, peer, Some(dst), Some(&caller), d.reason, &d.detail)
         }
         Ok(Access::Tcp) => {

@@ -202,6 +202,12 @@ impl Metrics {
             .inc();
     }
 
+    pub fn policy_denied(&self, direction: &'static str, reason: &'static str) {
+        self.policy_denials
+            .get_or_create(&ReasonLabels { direction, reason })
+            .inc();
+    }
+
     pub fn handshake_failed(&self, direction: &'static str, reason: &'static str) {
         self.handshake_failures
             .get_or_create(&ReasonLabels { direction, reason })

@@ -17,7 +17,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::Notify;
 use tracing::{debug, warn};
 
-use crate::metrics::{DirLabels, ReasonLabels, INBOUND};
+use crate::metrics::{DirLabels, INBOUND};
 use crate::orig_dst::OriginalDst;
 use crate::policy::Access;
 use crate::pool::{CONNECTION_WINDOW, MAX_FRAME, RETRY_HEADER, SEND_BUF, STREAM_WINDOW};
@@ -189,14 +189,7 @@ async fn stream(ctx: &ConnCtx, mut req: Request<Incoming>) -> Response<Empty<Byt
     {
         Ok(access) => access,
         Err(d) => {
-            shared
-                .metrics
-                .policy_denials
-                .get_or_create(&ReasonLabels {
-                    direction: INBOUND,
-                    reason: d.reason,
-                })
-                .inc();
+            shared.metrics.policy_denied(INBOUND, d.reason);
             return refuse(ctx, Some(dst), d.reason, &d.detail, StatusCode::FORBIDDEN);
         }
     };
