@@ -287,3 +287,21 @@ fn captured_connections_land_on_the_proxy_ports_with_their_original_destination(
     );
     assert!(!read(&inbound).contains(":15021"), "{}", read(&inbound));
 }
+
+#[test]
+fn without_net_admin_init_says_what_it_needs() {
+    if !root_or_skip("without_net_admin_init_says_what_it_needs") {
+        return;
+    }
+    let mut lab = Lab::new("nocap").unwrap();
+    let pod = lab.add_pod("app", 1).unwrap();
+    // An unprivileged user in the pod: the restore tools are refused by the kernel.
+    let (_, err, ok) = output({
+        let mut c = lab.cmd_as(&pod, 65534, exe());
+        c.args(["init", "--backend", "nft", "--ipv6", "off"]);
+        c
+    });
+    assert!(!ok);
+    assert!(err.contains("NET_ADMIN") && err.contains("securityContext"), "{err}");
+    assert_eq!(err.trim().lines().filter(|l| l.starts_with("meshlet:")).count(), 1, "{err}");
+}
