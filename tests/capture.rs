@@ -302,6 +302,16 @@ fn without_net_admin_init_says_what_it_needs() {
         c
     });
     assert!(!ok);
-    assert!(err.contains("NET_ADMIN") && err.contains("securityContext"), "{err}");
-    assert_eq!(err.trim().lines().filter(|l| l.starts_with("meshlet:")).count(), 1, "{err}");
+    assert!(
+        err.contains("NET_ADMIN") && err.contains("securityContext"),
+        "{err}"
+    );
+    assert_eq!(
+        err.trim()
+            .lines()
+            .filter(|l| l.starts_with("meshlet:"))
+            .count(),
+        1,
+        "{err}"
+    );
 }
