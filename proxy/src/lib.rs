@@ -50,11 +50,18 @@ pub struct Shared {
     pub metrics: Arc<metrics::Metrics>,
     pub http: http::AppClients,
     pub pool: pool::Pool,
+    /// Inbound connections and pooled streams handled at once (`inbound.max_connections`).
+    pub inbound_limit: Arc<Semaphore>,
     pub ready: AtomicBool,
     shutdown: watch::Sender<bool>,
 }
 
 impl Shared {
+    /// Resolves once shutdown has begun.
+    pub async fn shutting_down(&self) {
+        let _ = self.shutdown.subscribe().wait_for(|s| *s).await;
+    }
+
     /// Asks the proxy to stop accepting and drain (SIGTERM, POST /shutdown).
     pub fn begin_shutdown(&self) {
         self.shutdown.send_replace(true);
@@ -115,7 +122,9 @@ pub async fn start(
         routes::Routes::new(&config.outbound).map_err(|e| anyhow::anyhow!("outbound: {e}"))?;
     let (shutdown, _) = watch::channel(false);
     let http = http::AppClients::new(config.timeouts.connect);
+    let inbound_limit = Arc::new(Semaphore::new(config.inbound.max_connections));
     let shared = Arc::new(Shared {
+        inbound_limit: inbound_limit.clone(),
         config,
         store,
         tls,
@@ -133,7 +142,6 @@ pub async fn start(
     let mut limits = Vec::new();
     let mut inbound_addrs = Vec::new();
     let mut outbound_addrs = Vec::new();
-    let inbound_limit = Arc::new(Semaphore::new(shared.config.inbound.max_connections));
     let outbound_limit = Arc::new(Semaphore::new(shared.config.outbound.max_connections));
     limits.push((inbound_limit.clone(), shared.config.inbound.max_connections));
     limits.push((

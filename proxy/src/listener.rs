@@ -48,7 +48,8 @@ pub fn bind(addr: SocketAddr) -> anyhow::Result<Option<TcpListener>> {
 }
 
 /// Accepts until shutdown. At most as many connections as the semaphore has permits are
-/// handled at once; beyond that, callers wait in the kernel's accept queue.
+/// handled at once (pooled streams take permits from the same semaphore); beyond that, callers
+/// wait in the kernel's accept queue.
 pub async fn serve<F, Fut>(
     listener: TcpListener,
     shared: Arc<Shared>,
@@ -60,16 +61,19 @@ pub async fn serve<F, Fut>(
 {
     let mut stop = shared.shutdown.subscribe();
     loop {
-        let permit = tokio::select! {
-            p = limit.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
-            _ = stop.wait_for(|s| *s) => return,
-        };
         let accepted = tokio::select! {
             r = listener.accept() => r,
             _ = stop.wait_for(|s| *s) => return,
         };
         match accepted {
             Ok((conn, peer)) => {
+                // At the limit, this connection waits for a slot and the next ones wait in the
+                // kernel's accept queue. The slot is taken after accept so that the limit counts
+                // connections being handled, not the loop waiting for the next one.
+                let permit = tokio::select! {
+                    p = limit.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
+                    _ = stop.wait_for(|s| *s) => return,
+                };
                 let task = handler(conn, peer);
                 tokio::spawn(async move {
                     task.await;

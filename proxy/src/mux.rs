@@ -92,6 +92,11 @@ pub async fn serve<S>(
                 draining = true;
                 conn.as_mut().graceful_shutdown();
             }
+            _ = ctx.shared.shutting_down(), if !draining => {
+                // GOAWAY: the peer opens no new streams here; the open ones finish.
+                draining = true;
+                conn.as_mut().graceful_shutdown();
+            }
         }
     }
 }
@@ -193,6 +198,16 @@ async fn stream(ctx: &ConnCtx, mut req: Request<Incoming>) -> Response<Empty<Byt
             return refuse(ctx, Some(dst), d.reason, &d.detail, StatusCode::FORBIDDEN);
         }
     };
+    // Streams count against inbound.max_connections like connections of their own.
+    let Ok(permit) = shared.inbound_limit.clone().try_acquire_owned() else {
+        return refuse(
+            ctx,
+            Some(dst),
+            "overloaded",
+            "inbound.max_connections reached",
+            StatusCode::SERVICE_UNAVAILABLE,
+        );
+    };
     let upgrade = hyper::upgrade::on(&mut req);
     shared
         .metrics
@@ -218,6 +233,7 @@ async fn stream(ctx: &ConnCtx, mut req: Request<Incoming>) -> Response<Empty<Byt
             };
             tokio::spawn(async move {
                 let _active = shared.metrics.track(INBOUND);
+                let _permit = permit;
                 if let Ok(upgraded) = upgrade.await {
                     copy::bidirectional(
                         INBOUND,
@@ -232,6 +248,7 @@ async fn stream(ctx: &ConnCtx, mut req: Request<Incoming>) -> Response<Empty<Byt
         Access::Http => {
             tokio::spawn(async move {
                 let _active = shared.metrics.track(INBOUND);
+                let _permit = permit;
                 if let Ok(upgraded) = upgrade.await {
                     http::serve_inbound(shared.clone(), TokioIo::new(upgraded), peer, dst, caller)
                         .await;

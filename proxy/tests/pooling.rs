@@ -247,3 +247,125 @@ async fn a_peer_without_the_pooled_transport_gets_a_connection_per_app_connectio
         2.0
     );
 }
+
+#[tokio::test]
+async fn inbound_max_connections_bounds_connections_and_streams() {
+    let ca = Ca::new(TD, DAY).unwrap();
+    let echo = echo().await;
+    // Per connection: the second caller waits until the first is done.
+    let server = proxy(
+        config("inbound: {max_connections: 1}"),
+        store(&ca, &leaf(&ca, "/s", |_| {})),
+        echo.addr,
+        echo.addr,
+    )
+    .await;
+    let target = server.inbound_addrs[0];
+    let client = proxy(
+        config("outbound: {mtls: mtls, transport: per_connection}"),
+        store(&ca, &leaf(&ca, "/c", |_| {})),
+        target,
+        target,
+    )
+    .await;
+    let mut first = tokio::net::TcpStream::connect(client.outbound_addrs[0])
+        .await
+        .unwrap();
+    first.write_all(b"1").await.unwrap();
+    let mut buf = [0u8; 1];
+    first.read_exact(&mut buf).await.unwrap();
+    let mut second = tokio::net::TcpStream::connect(client.outbound_addrs[0])
+        .await
+        .unwrap();
+    second.write_all(b"2").await.unwrap();
+    let early = tokio::time::timeout(
+        std::time::Duration::from_millis(500),
+        second.read_exact(&mut buf),
+    )
+    .await;
+    assert!(
+        early.is_err(),
+        "the second connection must wait for a free slot"
+    );
+    drop(first);
+    tokio::time::timeout(
+        std::time::Duration::from_secs(3),
+        second.read_exact(&mut buf),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(&buf, b"2");
+
+    // Pooled: the pooled connection takes one slot, each stream another; beyond that, refused.
+    let server = proxy(
+        config("inbound: {max_connections: 2}"),
+        store(&ca, &leaf(&ca, "/s", |_| {})),
+        echo.addr,
+        echo.addr,
+    )
+    .await;
+    let target = server.inbound_addrs[0];
+    let client = proxy(
+        config("outbound: {mtls: mtls}"),
+        store(&ca, &leaf(&ca, "/c", |_| {})),
+        target,
+        target,
+    )
+    .await;
+    let mut held = tokio::net::TcpStream::connect(client.outbound_addrs[0])
+        .await
+        .unwrap();
+    held.write_all(b"h").await.unwrap();
+    if let Err(e) = held.read_exact(&mut buf).await {
+        panic!("{e}: {}", metrics(&server).await);
+    }
+    assert!(roundtrip(client.outbound_addrs[0], b"over")
+        .await
+        .unwrap_or_default()
+        .is_empty());
+    let m = metrics(&server).await;
+    assert_eq!(
+        metric(
+            &m,
+            r#"meshlet_connections_refused_total{direction="inbound",reason="overloaded"}"#
+        ),
+        1.0,
+        "{m}"
+    );
+    drop(held);
+    eventually("a freed slot serves streams again", async || {
+        roundtrip(client.outbound_addrs[0], b"again")
+            .await
+            .map(|r| r == b"again")
+            .unwrap_or(false)
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_draining_server_lets_open_streams_finish_and_takes_no_new_ones() {
+    let ca = Ca::new(TD, DAY).unwrap();
+    let echo = echo().await;
+    let (client, server) = pair(&ca, "outbound: {mtls: mtls}", echo.addr).await;
+    let mut open = tokio::net::TcpStream::connect(client.outbound_addrs[0])
+        .await
+        .unwrap();
+    open.write_all(b"a").await.unwrap();
+    let mut buf = [0u8; 1];
+    open.read_exact(&mut buf).await.unwrap();
+    server.shutdown();
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let started = std::time::Instant::now();
+    assert!(roundtrip(client.outbound_addrs[0], b"new")
+        .await
+        .unwrap_or_default()
+        .is_empty());
+    assert!(started.elapsed() < std::time::Duration::from_secs(2));
+    open.write_all(b"b").await.unwrap();
+    open.read_exact(&mut buf).await.unwrap();
+    assert_eq!(
+        &buf, b"b",
+        "the open stream keeps working while the server drains"
+    );
+}
