@@ -43,6 +43,10 @@ struct PooledConn {
 
 type Slot = Arc<tokio::sync::Mutex<Option<PooledConn>>>;
 
+/// Peers remembered before dead entries are swept, so talking to many addresses over time
+/// cannot grow the pool without bound.
+const MAX_PEERS: usize = 1024;
+
 #[derive(Default)]
 pub struct Pool {
     slots: Mutex<HashMap<IpAddr, Slot>>,
@@ -53,6 +57,13 @@ pub struct Pool {
 impl Pool {
     fn slot(&self, ip: IpAddr) -> Slot {
         let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        if slots.len() >= MAX_PEERS && !slots.contains_key(&ip) {
+            // Forget peers whose pooled connection is gone (a slot being filled is kept).
+            slots.retain(|_, slot| match slot.try_lock() {
+                Ok(conn) => conn.as_ref().is_some_and(|c| !c.sender.is_closed()),
+                Err(_) => true,
+            });
+        }
         slots.entry(ip).or_default().clone()
     }
 
@@ -151,6 +162,9 @@ impl Pool {
         .await?;
         if !conn.mux {
             if let Ok(mut m) = self.no_mux.lock() {
+                if m.len() >= MAX_PEERS {
+                    m.clear();
+                }
                 m.insert(dst.ip(), ());
             }
             return Ok(Err((Upstream::Tls(Box::new(conn.stream)), conn.peer)));
