@@ -390,12 +390,17 @@ async fn shutdown_lets_an_open_connection_finish_within_the_drain_period() {
     s.read_exact(&mut buf).await.unwrap();
     p.client.shutdown();
     let client_addr = p.client.outbound_addrs[0];
+    let admin = p.client.admin_addr.unwrap();
     let waiter = tokio::spawn(p.client.wait());
     // The established connection still works while draining; new ones are not accepted.
     s.write_all(b"during").await.unwrap();
     s.read_exact(&mut buf).await.unwrap();
     assert_eq!(&buf, b"during");
     tokio::time::sleep(Duration::from_millis(100)).await;
+    let ready = meshlet_lab::app::get(admin, "GET", &[], &["/ready".into()])
+        .await
+        .unwrap();
+    assert_eq!(ready[0].0, 503, "a draining proxy is not ready");
     assert!(roundtrip(client_addr, b"new")
         .await
         .map(|v| v.is_empty())

@@ -1,0 +1,114 @@
+//! `meshlet proxy` as a process: JSON logs, worker threads, readiness, and SIGTERM.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::exe;
+
+fn threads(pid: u32) -> usize {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Threads:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+#[test]
+fn the_proxy_logs_json_runs_the_configured_workers_and_exits_cleanly_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    let ok = |args: &[&str]| {
+        assert!(Command::new(exe())
+            .args(args)
+            .output()
+            .unwrap()
+            .status
+            .success())
+    };
+    ok(&[
+        "cert",
+        "ca",
+        "--trust-domain",
+        "cluster.local",
+        "--out",
+        &format!("{d}/ca"),
+    ]);
+    ok(&[
+        "cert",
+        "issue",
+        "--ca",
+        &format!("{d}/ca"),
+        "--spiffe-id",
+        "spiffe://cluster.local/ns/t/sa/cli",
+        "--out",
+        &format!("{d}/id"),
+    ]);
+    // Ports unlikely to collide with anything else on the machine.
+    let base = 30000 + (std::process::id() % 10000) as u16 * 2 % 20000;
+    let mut child = Command::new(exe())
+        .args([
+            "proxy",
+            "--log-format",
+            "json",
+            "--workers",
+            "2",
+            "--admin-address",
+            "127.0.0.1:0",
+        ])
+        .args([
+            "--inbound-port",
+            &base.to_string(),
+            "--outbound-port",
+            &(base + 1).to_string(),
+        ])
+        .args([
+            "--identity-cert",
+            &format!("{d}/id/tls.crt"),
+            "--identity-key",
+            &format!("{d}/id/tls.key"),
+        ])
+        .args(["--identity-bundle", &format!("{d}/id/ca.crt")])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let ready = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .find(|l| l.contains("meshlet proxy ready"))
+        .expect("a ready line");
+    let event: serde_json::Value =
+        serde_json::from_str(&ready).unwrap_or_else(|e| panic!("not JSON ({e}): {ready}"));
+    assert_eq!(event["level"], "INFO");
+    assert_eq!(event["identity"], "spiffe://cluster.local/ns/t/sa/cli");
+    // Two runtime workers plus the main thread (and the file watcher's).
+    assert!(threads(child.id()) >= 3, "threads: {}", threads(child.id()));
+
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the proxy did not stop on SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "{status}");
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    assert!(
+        rest.iter().any(|l| l.contains("meshlet proxy stopped")),
+        "{rest:?}"
+    );
+}
