@@ -370,6 +370,18 @@ def run_scenario(kind, procs, d, meshlet, secs, conns, idle_n):
     return r
 
 
+def median(values):
+    """The per-field median of several runs' results (nested dicts of numbers)."""
+    first = values[0]
+    if isinstance(first, dict):
+        return {k: median([v.get(k) if isinstance(v, dict) else None for v in values]) for k in first}
+    nums = sorted(v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool))
+    if not nums:
+        return first
+    mid = len(nums) // 2
+    return nums[mid] if len(nums) % 2 else (nums[mid - 1] + nums[mid]) / 2
+
+
 def fmt(v, spec):
     return "-" if v is None else format(v, spec)
 
@@ -395,6 +407,7 @@ def main():
     ap.add_argument("--seconds", type=int, default=10)
     ap.add_argument("--connections", type=int, default=50)
     ap.add_argument("--idle", type=int, default=10000, help="idle connections for the memory measurement")
+    ap.add_argument("--runs", type=int, default=1, help="repeat every scenario; the table shows medians")
     ap.add_argument("--only", default="direct,meshlet,meshlet-per-connection,haproxy,nginx,stunnel")
     ap.add_argument("--meshlet", default=os.path.join(ROOT, "target/release/meshlet"))
     ap.add_argument("--out", default=os.path.join(ROOT, "bench/results/latest.json"))
@@ -414,21 +427,25 @@ def main():
         sh("cargo", "build", "--release", "--quiet", cwd=ROOT)
     d = tempfile.mkdtemp(prefix="meshlet-bench-")
     procs = Procs(d)
-    results = {}
+    runs, results = {}, {}
     try:
         certificates(a.meshlet, d)
         haproxy_confs(d)
         nginx_stream_confs(d)
         stunnel_confs(d)
-        for kind in a.only.split(","):
-            print(f"== {kind}", file=sys.stderr, flush=True)
-            # Fresh namespaces per scenario: connection-tracking entries left by one scenario
-            # must not steer the next one's connections past (or into) its NAT rules.
-            topology()
-            procs.start("app", ["nginx", "-p", d, "-c", nginx_app_conf(d), "-g", "daemon off;"], netns=SERVER, wait_port=(SERVER_IP, 8080))
-            procs.start("iperf3", ["iperf3", "-s", "-p", "5201"], netns=SERVER, wait_port=(SERVER_IP, 5201))
-            results[kind] = run_scenario(kind, procs, d, a.meshlet, a.seconds, a.connections, a.idle)
-            procs.stop(["app", "iperf3"])
+        # Runs are interleaved (every scenario once, then again) so that a slow period of the
+        # machine does not land on one scenario only; the table shows medians.
+        for run in range(a.runs):
+            for kind in a.only.split(","):
+                print(f"== {kind} (run {run + 1}/{a.runs})", file=sys.stderr, flush=True)
+                # Fresh namespaces per scenario: connection-tracking entries left by one scenario
+                # must not steer the next one's connections past (or into) its NAT rules.
+                topology()
+                procs.start("app", ["nginx", "-p", d, "-c", nginx_app_conf(d), "-g", "daemon off;"], netns=SERVER, wait_port=(SERVER_IP, 8080))
+                procs.start("iperf3", ["iperf3", "-s", "-p", "5201"], netns=SERVER, wait_port=(SERVER_IP, 5201))
+                runs.setdefault(kind, []).append(run_scenario(kind, procs, d, a.meshlet, a.seconds, a.connections, a.idle))
+                procs.stop(["app", "iperf3"])
+        results = {kind: median(rs) for kind, rs in runs.items()}
     finally:
         procs.stop()
         teardown()
@@ -439,12 +456,13 @@ def main():
     machine = {"cpus": os.cpu_count(), "kernel": os.uname().release,
                "cpu_model": next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")}
     report = {"when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "machine": machine, "smoke": a.smoke,
-              "seconds": a.seconds, "connections": a.connections, "results": results}
+              "seconds": a.seconds, "connections": a.connections, "runs": a.runs, "results": results,
+              "all_runs": runs}
     os.makedirs(os.path.dirname(a.out), exist_ok=True)
     json.dump(report, open(a.out, "w"), indent=2)
     print(table(results))
     print(f"\n{machine['cpus']} CPUs, {machine['cpu_model']}, kernel {machine['kernel']}; {a.seconds}s per measurement, "
-          f"{a.connections} connections; JSON in {a.out}")
+          f"{a.connections} connections, median of {a.runs} run(s); JSON in {a.out}")
     for kind, r in results.items():
         for label, m in (("keep-alive", r["keepalive"]), ("new connections", r["new_connections"])):
             if m["non_2xx"] or m["errors"]:
