@@ -9,6 +9,7 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -36,6 +37,8 @@ pub const SEND_BUF: usize = 4 << 20;
 
 #[derive(Clone)]
 struct PooledConn {
+    /// Tells this connection from a later one in the same slot.
+    id: u64,
     sender: SendRequest<Empty<Bytes>>,
     peer: SpiffeId,
     generation: u64,
@@ -67,6 +70,15 @@ impl Pool {
         slots.entry(ip).or_default().clone()
     }
 
+    /// Drops the pooled connection `id` from its slot, unless another one has replaced it.
+    async fn forget(&self, ip: IpAddr, id: u64) {
+        let slot = self.slot(ip);
+        let mut guard = slot.lock().await;
+        if guard.as_ref().is_some_and(|c| c.id == id) {
+            *guard = None;
+        }
+    }
+
     fn peer_lacks_mux(&self, ip: IpAddr) -> bool {
         self.no_mux
             .lock()
@@ -89,12 +101,9 @@ impl Pool {
             check_pins(dst, &conn.peer, pins)?;
             return Ok((Upstream::Tls(Box::new(conn.stream)), conn.peer));
         }
-        // One retry: a stale pooled connection is replaced once.
+        // One retry: a stale or broken pooled connection is replaced once.
         for attempt in 0..2 {
-            let conn = match self
-                .pooled(shared, dst, handshake_timeout, attempt > 0)
-                .await?
-            {
+            let conn = match self.pooled(shared, dst, handshake_timeout).await? {
                 Ok(conn) => conn,
                 Err(direct) => return Ok(direct),
             };
@@ -112,7 +121,12 @@ impl Pool {
                 }
                 Err(StreamError::Stale) if attempt == 0 => {
                     debug!(%dst, "pooled connection is stale on the peer's side; reconnecting");
-                    self.slot(dst.ip()).lock().await.take();
+                    self.forget(dst.ip(), conn.id).await;
+                }
+                Err(StreamError::Hyper(err)) if attempt == 0 => {
+                    // Closed under us (GOAWAY, reset): one fresh connection is worth a try.
+                    debug!(%dst, error = %err, "pooled connection failed; reconnecting");
+                    self.forget(dst.ip(), conn.id).await;
                 }
                 Err(StreamError::Stale) => {
                     return Err(ConnectError::StreamRefused {
@@ -124,7 +138,7 @@ impl Pool {
                     return Err(ConnectError::StreamRefused { dst, why })
                 }
                 Err(StreamError::Hyper(err)) => {
-                    self.slot(dst.ip()).lock().await.take();
+                    self.forget(dst.ip(), conn.id).await;
                     return Err(ConnectError::Pool { dst, err });
                 }
             }
@@ -142,13 +156,12 @@ impl Pool {
         shared: &Shared,
         dst: SocketAddr,
         handshake_timeout: Duration,
-        force_new: bool,
     ) -> Result<Result<PooledConn, (Upstream, SpiffeId)>, ConnectError> {
         let slot = self.slot(dst.ip());
         let mut guard = slot.lock().await;
         let generation = shared.store.generation();
         if let Some(conn) = guard.as_ref() {
-            if !force_new && !conn.sender.is_closed() && conn.generation == generation {
+            if !conn.sender.is_closed() && conn.generation == generation {
                 return Ok(Ok(conn.clone()));
             }
         }
@@ -195,7 +208,9 @@ impl Pool {
             })
             .inc();
         info!(%dst, %peer, "pooled connection to a peer proxy opened");
+        static NEXT_ID: AtomicU64 = AtomicU64::new(1);
         let pooled = PooledConn {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             sender,
             peer,
             generation,
