@@ -46,14 +46,6 @@ impl TrustBundles {
         self.anchors.get(trust_domain).map(Vec::as_slice)
     }
 
-    pub fn certs(&self, trust_domain: &str) -> Option<&[CertificateDer<'static>]> {
-        self.certs.get(trust_domain).map(Vec::as_slice)
-    }
-
-    pub fn trust_domains(&self) -> impl Iterator<Item = &str> {
-        self.certs.keys().map(String::as_str)
-    }
-
     /// True when both hold the same certificates for the same trust domains.
     pub fn same_as(&self, other: &TrustBundles) -> bool {
         self.certs == other.certs

@@ -70,15 +70,6 @@ impl SpiffeId {
         })
     }
 
-    /// `spiffe://td/ns/NS/sa/SA`, the Kubernetes convention.
-    pub fn for_service_account(
-        trust_domain: &str,
-        namespace: &str,
-        sa: &str,
-    ) -> Result<Self, SpiffeIdError> {
-        Self::parse(&format!("spiffe://{trust_domain}/ns/{namespace}/sa/{sa}"))
-    }
-
     pub fn trust_domain(&self) -> &str {
         &self.text[PREFIX.len()..self.td_end]
     }

@@ -4,7 +4,6 @@
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
@@ -190,11 +189,6 @@ impl Mesh {
             &bytes.to_string(),
         ]))
         .map(|_| ())
-    }
-
-    /// A command in `pod` (for anything the helpers above do not cover).
-    pub fn cmd(&self, pod: &Pod) -> Command {
-        self.lab.cmd(pod, &self.exe)
     }
 }
 

@@ -20,10 +20,6 @@ impl<S> Rewind<S> {
             inner,
         }
     }
-
-    pub fn inner(&self) -> &S {
-        &self.inner
-    }
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for Rewind<S> {
