@@ -65,18 +65,12 @@ async fn pair_with_policy(app: SocketAddr) -> (meshlet_proxy::Running, meshlet_p
         "inbound:\n  policy:\n    - ports: [{}]\n      from: [spiffe://cluster.local/ns/default/sa/pod-worker]\n      http:\n        - methods: [GET]\n          paths: [/ws, \"/api/*\"]\n",
         app.port()
     );
-    let server = proxy(
-        config(&policy),
-        store(&ca, &leaf(&ca, "/ns/default/sa/echo", |_| {})),
-        app,
-        app,
-    )
-    .await;
+    let server = proxy_for(&ca, "/ns/default/sa/echo", &policy, app).await;
     let target = server.inbound_addrs[0];
-    let client = proxy(
-        config("outbound: {mtls: mtls}"),
-        store(&ca, &leaf(&ca, "/ns/default/sa/pod-worker", |_| {})),
-        target,
+    let client = proxy_for(
+        &ca,
+        "/ns/default/sa/pod-worker",
+        "outbound: {mtls: mtls}",
         target,
     )
     .await;
@@ -151,16 +145,13 @@ async fn http2_from_the_caller_reaches_an_http2_app_with_the_callers_identity() 
             assert!(body.contains("x-forwarded-client-cert: By=spiffe://cluster.local/ns/default/sa/echo;URI=spiffe://cluster.local/ns/default/sa/pod-worker"), "{body}");
         }
     }
-    let m = metrics(&server).await;
-    assert_eq!(
-        metric(
-            &m,
-            &format!(
-                r#"meshlet_http_requests_total{{port="{}",decision="allowed",reason="policy"}}"#,
-                app.port()
-            )
+    assert_metric(
+        &server,
+        &format!(
+            r#"meshlet_http_requests_total{{port="{}",decision="allowed",reason="policy"}}"#,
+            app.port()
         ),
         2.0,
-        "{m}"
-    );
+    )
+    .await;
 }

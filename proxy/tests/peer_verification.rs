@@ -61,13 +61,7 @@ fn bad_leaves(ca: &Ca) -> Vec<(&'static str, Pem)> {
 async fn the_inbound_side_refuses_each_bad_client_certificate_with_its_reason() {
     let ca = Ca::new(TD, DAY).unwrap();
     let echo = echo().await;
-    let server = proxy(
-        config(""),
-        store(&ca, &leaf(&ca, "/ns/default/sa/echo", |_| {})),
-        echo.addr,
-        echo.addr,
-    )
-    .await;
+    let server = proxy_for(&ca, "/ns/default/sa/echo", "", echo.addr).await;
     // The client verifies the server properly; only its own certificate is bad.
     let verifying_store = store(&ca, &leaf(&ca, "/ns/default/sa/checker", |_| {}));
     let mut cases = bad_leaves(&ca);

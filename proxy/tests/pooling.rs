@@ -104,10 +104,10 @@ async fn a_pooled_connection_is_replaced_after_the_server_rotates_its_identity()
     let server_store = store(&ca, &leaf(&ca, "/ns/default/sa/echo", |_| {}));
     let server = proxy(config(""), server_store.clone(), echo.addr, echo.addr).await;
     let target = server.inbound_addrs[0];
-    let client = proxy(
-        config("outbound: {mtls: mtls}"),
-        store(&ca, &leaf(&ca, "/ns/default/sa/pod-worker", |_| {})),
-        target,
+    let client = proxy_for(
+        &ca,
+        "/ns/default/sa/pod-worker",
+        "outbound: {mtls: mtls}",
         target,
     )
     .await;
@@ -149,25 +149,19 @@ async fn policy_is_checked_per_stream() {
     let ca = Ca::new(TD, DAY).unwrap();
     let echo = echo().await;
     let yaml = format!("inbound:\n  policy:\n    - ports: [{}]\n      from: [spiffe://cluster.local/ns/default/sa/pod-worker]\n", echo.addr.port());
-    let server = proxy(
-        config(&yaml),
-        store(&ca, &leaf(&ca, "/ns/default/sa/echo", |_| {})),
-        echo.addr,
-        echo.addr,
-    )
-    .await;
+    let server = proxy_for(&ca, "/ns/default/sa/echo", &yaml, echo.addr).await;
     let target = server.inbound_addrs[0];
-    let allowed = proxy(
-        config("outbound: {mtls: mtls}"),
-        store(&ca, &leaf(&ca, "/ns/default/sa/pod-worker", |_| {})),
-        target,
+    let allowed = proxy_for(
+        &ca,
+        "/ns/default/sa/pod-worker",
+        "outbound: {mtls: mtls}",
         target,
     )
     .await;
-    let other = proxy(
-        config("outbound: {mtls: mtls}"),
-        store(&ca, &leaf(&ca, "/ns/default/sa/other", |_| {})),
-        target,
+    let other = proxy_for(
+        &ca,
+        "/ns/default/sa/other",
+        "outbound: {mtls: mtls}",
         target,
     )
     .await;
@@ -180,15 +174,12 @@ async fn policy_is_checked_per_stream() {
         .unwrap_or_default()
         .is_empty());
     assert_eq!(echo.accepted.load(Ordering::SeqCst), 1);
-    let m = metrics(&other).await;
-    assert_eq!(
-        metric(
-            &m,
-            r#"meshlet_connections_refused_total{direction="outbound",reason="stream_refused"}"#
-        ),
+    assert_metric(
+        &other,
+        r#"meshlet_connections_refused_total{direction="outbound",reason="stream_refused"}"#,
         1.0,
-        "{m}"
-    );
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -253,18 +244,12 @@ async fn inbound_max_connections_bounds_connections_and_streams() {
     let ca = Ca::new(TD, DAY).unwrap();
     let echo = echo().await;
     // Per connection: the second caller waits until the first is done.
-    let server = proxy(
-        config("inbound: {max_connections: 1}"),
-        store(&ca, &leaf(&ca, "/s", |_| {})),
-        echo.addr,
-        echo.addr,
-    )
-    .await;
+    let server = proxy_for(&ca, "/s", "inbound: {max_connections: 1}", echo.addr).await;
     let target = server.inbound_addrs[0];
-    let client = proxy(
-        config("outbound: {mtls: mtls, transport: per_connection}"),
-        store(&ca, &leaf(&ca, "/c", |_| {})),
-        target,
+    let client = proxy_for(
+        &ca,
+        "/c",
+        "outbound: {mtls: mtls, transport: per_connection}",
         target,
     )
     .await;
@@ -298,21 +283,9 @@ async fn inbound_max_connections_bounds_connections_and_streams() {
     assert_eq!(&buf, b"2");
 
     // Pooled: the pooled connection takes one slot, each stream another; beyond that, refused.
-    let server = proxy(
-        config("inbound: {max_connections: 2}"),
-        store(&ca, &leaf(&ca, "/s", |_| {})),
-        echo.addr,
-        echo.addr,
-    )
-    .await;
+    let server = proxy_for(&ca, "/s", "inbound: {max_connections: 2}", echo.addr).await;
     let target = server.inbound_addrs[0];
-    let client = proxy(
-        config("outbound: {mtls: mtls}"),
-        store(&ca, &leaf(&ca, "/c", |_| {})),
-        target,
-        target,
-    )
-    .await;
+    let client = proxy_for(&ca, "/c", "outbound: {mtls: mtls}", target).await;
     let mut held = tokio::net::TcpStream::connect(client.outbound_addrs[0])
         .await
         .unwrap();
@@ -324,15 +297,12 @@ async fn inbound_max_connections_bounds_connections_and_streams() {
         .await
         .unwrap_or_default()
         .is_empty());
-    let m = metrics(&server).await;
-    assert_eq!(
-        metric(
-            &m,
-            r#"meshlet_connections_refused_total{direction="inbound",reason="overloaded"}"#
-        ),
+    assert_metric(
+        &server,
+        r#"meshlet_connections_refused_total{direction="inbound",reason="overloaded"}"#,
         1.0,
-        "{m}"
-    );
+    )
+    .await;
     drop(held);
     eventually("a freed slot serves streams again", async || {
         roundtrip(client.outbound_addrs[0], b"again")

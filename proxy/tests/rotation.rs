@@ -135,15 +135,12 @@ async fn rotation_of_bundles_and_leaves_applies_to_new_handshakes_and_spares_ope
         !new_connection_works(entry).await,
         "the bundle reload must be real"
     );
-    let m = metrics(&client).await;
-    assert_eq!(
-        metric(
-            &m,
-            r#"meshlet_tls_handshake_failures_total{direction="outbound",reason="unknown_issuer"}"#
-        ),
+    assert_metric(
+        &client,
+        r#"meshlet_tls_handshake_failures_total{direction="outbound",reason="unknown_issuer"}"#,
         1.0,
-        "{m}"
-    );
+    )
+    .await;
     still_echoes(&mut open, "CA2 removed").await;
 
     // 4. Restored.

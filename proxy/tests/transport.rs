@@ -107,15 +107,12 @@ async fn a_pinned_identity_that_does_not_match_refuses_the_connection() {
         0,
         "the backend must not be reached"
     );
-    let m = metrics(&p.client).await;
-    assert_eq!(
-        metric(
-            &m,
-            r#"meshlet_tls_handshake_failures_total{direction="outbound",reason="identity_mismatch"}"#
-        ),
+    assert_metric(
+        &p.client,
+        r#"meshlet_tls_handshake_failures_total{direction="outbound",reason="identity_mismatch"}"#,
         1.0,
-        "{m}"
-    );
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -243,35 +240,20 @@ async fn off_passes_bytes_in_plaintext() {
 async fn strict_inbound_refuses_plaintext_and_permissive_passes_it() {
     let ca = Ca::new(TD, DAY).unwrap();
     let echo = echo().await;
-    let strict = proxy(
-        config(""),
-        store(&ca, &leaf(&ca, "/s", |_| {})),
-        echo.addr,
-        echo.addr,
-    )
-    .await;
+    let strict = proxy_for(&ca, "/s", "", echo.addr).await;
     let got = roundtrip(strict.inbound_addrs[0], b"GET / HTTP/1.1\r\n\r\n")
         .await
         .unwrap_or_default();
     assert!(got.is_empty());
     assert_eq!(echo.accepted.load(Ordering::SeqCst), 0);
-    let m = metrics(&strict).await;
-    assert_eq!(
-        metric(
-            &m,
-            r#"meshlet_connections_refused_total{direction="inbound",reason="plaintext"}"#
-        ),
+    assert_metric(
+        &strict,
+        r#"meshlet_connections_refused_total{direction="inbound",reason="plaintext"}"#,
         1.0,
-        "{m}"
-    );
-
-    let permissive = proxy(
-        config("inbound: {mode: permissive}"),
-        store(&ca, &leaf(&ca, "/p", |_| {})),
-        echo.addr,
-        echo.addr,
     )
     .await;
+
+    let permissive = proxy_for(&ca, "/p", "inbound: {mode: permissive}", echo.addr).await;
     let got = roundtrip(permissive.inbound_addrs[0], b"GET / HTTP/1.1\r\n\r\n")
         .await
         .unwrap();
@@ -289,15 +271,12 @@ async fn a_caller_not_named_by_the_policy_is_refused() {
         .unwrap_or_default();
     assert!(got.is_empty());
     assert_eq!(echo.accepted.load(Ordering::SeqCst), 0);
-    let m = metrics(&p.server).await;
-    assert_eq!(
-        metric(
-            &m,
-            r#"meshlet_policy_denials_total{direction="inbound",reason="no_matching_rule"}"#
-        ),
+    assert_metric(
+        &p.server,
+        r#"meshlet_policy_denials_total{direction="inbound",reason="no_matching_rule"}"#,
         1.0,
-        "{m}"
-    );
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -351,13 +330,7 @@ async fn garbage_and_silent_callers_do_not_disturb_other_connections() {
 async fn admin_reports_liveness_readiness_and_shuts_down_from_loopback() {
     let ca = Ca::new(TD, DAY).unwrap();
     let echo = echo().await;
-    let running = proxy(
-        config(""),
-        store(&ca, &leaf(&ca, "/a", |_| {})),
-        echo.addr,
-        echo.addr,
-    )
-    .await;
+    let running = proxy_for(&ca, "/a", "", echo.addr).await;
     let admin = running.admin_addr.unwrap();
     let r = meshlet_lab::app::get(
         admin,

@@ -167,3 +167,14 @@ pub fn leaf(ca: &Ca, path: &str, tweak: impl FnOnce(&mut LeafSpec)) -> Pem {
     tweak(&mut spec);
     ca.issue(&spec).unwrap()
 }
+
+/// A proxy with a fresh SVID for `path` issued by `ca`; every connection goes to `dst`.
+pub async fn proxy_for(ca: &Ca, path: &str, yaml: &str, dst: SocketAddr) -> Running {
+    proxy(config(yaml), store(ca, &leaf(ca, path, |_| {})), dst, dst).await
+}
+
+/// Asserts one metric series of a running proxy, showing all metrics when it differs.
+pub async fn assert_metric(running: &Running, series: &str, want: f64) {
+    let text = metrics(running).await;
+    assert_eq!(metric(&text, series), want, "{series}\n{text}");
+}
