@@ -195,13 +195,28 @@ pub async fn open_mesh(
 ) -> Result<(Upstream, SpiffeId), ConnectError> {
     match shared.config.outbound.transport {
         Transport::Pooled => shared.pool.open(shared, dst, pins, handshake_timeout).await,
-        Transport::PerConnection => {
-            let conn =
-                connect_tls(shared, dst, shared.tls.client.clone(), handshake_timeout).await?;
-            check_pins(dst, &conn.peer, pins)?;
-            Ok((Upstream::Tls(Box::new(conn.stream)), conn.peer))
-        }
+        Transport::PerConnection => own_connection(shared, dst, pins, handshake_timeout).await,
     }
+}
+
+/// An mTLS connection of its own to the peer at `dst` (ALPN `meshlet/1`).
+pub async fn own_connection(
+    shared: &Shared,
+    dst: SocketAddr,
+    pins: Option<&[SpiffeId]>,
+    handshake_timeout: Duration,
+) -> Result<(Upstream, SpiffeId), ConnectError> {
+    // Boxed: the handshake's state is large and short-lived; inline, it would size the task of
+    // every outbound connection for its whole life.
+    let conn = Box::pin(connect_tls(
+        shared,
+        dst,
+        shared.tls.client.clone(),
+        handshake_timeout,
+    ))
+    .await?;
+    check_pins(dst, &conn.peer, pins)?;
+    Ok((Upstream::Tls(Box::new(conn.stream)), conn.peer))
 }
 
 impl AsyncRead for Upstream {

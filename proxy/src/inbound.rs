@@ -11,6 +11,7 @@ use std::time::Instant;
 use meshlet_identity::SpiffeId;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::net::TcpStream;
+use tokio::sync::OwnedSemaphorePermit;
 use tokio_rustls::TlsAcceptor;
 use tracing::{debug, warn};
 
@@ -29,6 +30,7 @@ pub async fn handle(
     mut conn: TcpStream,
     peer: SocketAddr,
     dst_mode: OriginalDst,
+    _permit: OwnedSemaphorePermit,
 ) {
     let _active = shared.metrics.track(INBOUND);
     let dst = match dst_mode.of(&conn) {
@@ -165,9 +167,13 @@ async fn mesh(
 ) {
     let started = Instant::now();
     let acceptor = TlsAcceptor::from(shared.tls.server.clone());
-    let tls = match tokio::time::timeout(shared.config.timeouts.handshake, acceptor.accept(stream))
-        .await
-    {
+    // Boxed, like the result below: the handshake's state is large, and inline it would size
+    // (and be copied with) the task of every inbound connection for its whole life.
+    let handshake = Box::pin(tokio::time::timeout(
+        shared.config.timeouts.handshake,
+        acceptor.accept(stream),
+    ));
+    let tls = match handshake.await {
         Err(_) => {
             shared.metrics.handshake_failed(INBOUND, "timeout");
             return refuse(
@@ -191,7 +197,7 @@ async fn mesh(
                 &format!("TLS handshake failed: {e}"),
             );
         }
-        Ok(Ok(tls)) => tls,
+        Ok(Ok(tls)) => Box::new(tls),
     };
     shared
         .metrics
@@ -210,7 +216,9 @@ async fn mesh(
     };
     if tls.get_ref().1.alpn_protocol() == Some(tls::ALPN_MUX) {
         // Pooled: each stream carries its own destination and is authorized on its own.
-        return mux::serve(shared.clone(), tls, peer, dst, caller, dst_mode).await;
+        // Boxed: the HTTP/2 server's state is only needed by this rare, long-lived connection;
+        // inline, it would size every inbound connection's task.
+        return Box::pin(mux::serve(shared.clone(), tls, peer, dst, caller, dst_mode)).await;
     }
     match shared.policy.check_connection(Some(&caller), dst.port()) {
         Err(d) => {
@@ -223,7 +231,8 @@ async fn mesh(
         }
         Ok(Access::Http) => {
             shared.metrics.opened(INBOUND, "mtls");
-            http::serve_inbound(shared.clone(), tls, peer, dst, caller).await
+            // Boxed: only HTTP ports need the HTTP server's state.
+            Box::pin(http::serve_inbound(shared.clone(), tls, peer, dst, caller)).await
         }
     }
 }

@@ -159,7 +159,7 @@ pub async fn start(
             l,
             sh.clone(),
             lim,
-            move |conn, peer| inbound::handle(sh.clone(), conn, peer, dst),
+            move |conn, peer, permit| inbound::handle(sh.clone(), conn, peer, dst, permit),
         )));
     }
     for addr in &listeners.outbound {
@@ -176,7 +176,7 @@ pub async fn start(
             l,
             sh.clone(),
             lim,
-            move |conn, peer| outbound::handle(sh.clone(), conn, peer, dst),
+            move |conn, peer, permit| outbound::handle(sh.clone(), conn, peer, dst, permit),
         )));
     }
     if inbound_addrs.is_empty() || outbound_addrs.is_empty() {

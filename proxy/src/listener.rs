@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::Context;
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::{debug, warn};
 
 use crate::Shared;
@@ -49,14 +49,14 @@ pub fn bind(addr: SocketAddr) -> anyhow::Result<Option<TcpListener>> {
 
 /// Accepts until shutdown. At most as many connections as the semaphore has permits are
 /// handled at once (pooled streams take permits from the same semaphore); beyond that, callers
-/// wait in the kernel's accept queue.
+/// wait in the kernel's accept queue. The handler holds the permit for as long as it runs.
 pub async fn serve<F, Fut>(
     listener: TcpListener,
     shared: Arc<Shared>,
     limit: Arc<Semaphore>,
     handler: F,
 ) where
-    F: Fn(TcpStream, SocketAddr) -> Fut,
+    F: Fn(TcpStream, SocketAddr, OwnedSemaphorePermit) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
     let mut stop = shared.shutdown.subscribe();
@@ -74,11 +74,10 @@ pub async fn serve<F, Fut>(
                     p = limit.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
                     _ = stop.wait_for(|s| *s) => return,
                 };
-                let task = handler(conn, peer);
-                tokio::spawn(async move {
-                    task.await;
-                    drop(permit);
-                });
+                // The handler's future is spawned as it is: wrapping it in another async block
+                // would store it twice in the task (rustc keeps the captured future and the
+                // awaited one apart) and double what every connection costs to spawn and hold.
+                tokio::spawn(handler(conn, peer, permit));
             }
             Err(e) => {
                 // EMFILE and friends: back off instead of spinning.

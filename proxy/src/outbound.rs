@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use tokio::net::TcpStream;
+use tokio::sync::OwnedSemaphorePermit;
 use tracing::{debug, info, warn};
 
 use crate::config::MtlsMode;
@@ -21,6 +22,7 @@ pub async fn handle(
     mut app: TcpStream,
     peer: SocketAddr,
     dst_mode: OriginalDst,
+    _permit: OwnedSemaphorePermit,
 ) {
     let _active = shared.metrics.track(OUTBOUND);
     let dst = match dst_mode.of(&app) {

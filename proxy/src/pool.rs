@@ -21,7 +21,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use meshlet_identity::SpiffeId;
 use tracing::{debug, info};
 
-use crate::connector::{check_pins, connect_tls, ConnectError, Upstream};
+use crate::connector::{check_pins, connect_tls, own_connection, ConnectError, Upstream};
 use crate::metrics::OUTBOUND;
 use crate::Shared;
 
@@ -96,10 +96,7 @@ impl Pool {
         handshake_timeout: Duration,
     ) -> Result<(Upstream, SpiffeId), ConnectError> {
         if self.peer_lacks_mux(dst.ip()) {
-            let conn =
-                connect_tls(shared, dst, shared.tls.client.clone(), handshake_timeout).await?;
-            check_pins(dst, &conn.peer, pins)?;
-            return Ok((Upstream::Tls(Box::new(conn.stream)), conn.peer));
+            return own_connection(shared, dst, pins, handshake_timeout).await;
         }
         // One retry: a stale or broken pooled connection is replaced once.
         for attempt in 0..2 {
@@ -166,6 +163,23 @@ impl Pool {
             }
         }
         *guard = None;
+        // Boxed: dialing is rare and its state large; inline, it would size every app
+        // connection's task.
+        let dialed = Box::pin(self.dial(shared, dst, handshake_timeout, generation)).await?;
+        if let Ok(pooled) = &dialed {
+            *guard = Some(pooled.clone());
+        }
+        Ok(dialed)
+    }
+
+    /// Opens a pooled connection to `dst` (or, if the peer declines, one of its own).
+    async fn dial(
+        &self,
+        shared: &Shared,
+        dst: SocketAddr,
+        handshake_timeout: Duration,
+        generation: u64,
+    ) -> Result<Result<PooledConn, (Upstream, SpiffeId)>, ConnectError> {
         let conn = connect_tls(
             shared,
             dst,
@@ -209,14 +223,12 @@ impl Pool {
             .inc();
         info!(%dst, %peer, "pooled connection to a peer proxy opened");
         static NEXT_ID: AtomicU64 = AtomicU64::new(1);
-        let pooled = PooledConn {
+        Ok(Ok(PooledConn {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             sender,
             peer,
             generation,
-        };
-        *guard = Some(pooled.clone());
-        Ok(Ok(pooled))
+        }))
     }
 }
 
