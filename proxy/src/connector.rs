@@ -23,6 +23,7 @@ use tokio_rustls::TlsConnector;
 
 use crate::config::Transport;
 use crate::metrics::OUTBOUND;
+use crate::read_ahead::ReadAhead;
 use crate::tls::{self, ALPN_MESH, ALPN_MUX};
 use crate::Shared;
 
@@ -103,7 +104,7 @@ pub async fn connect_tcp(dst: SocketAddr, timeout: Duration) -> io::Result<TcpSt
 
 /// An authenticated connection to a peer proxy.
 pub struct MeshConn {
-    pub stream: TlsStream<TcpStream>,
+    pub stream: TlsStream<ReadAhead<TcpStream>>,
     pub peer: SpiffeId,
     /// The peer chose the pooled transport.
     pub mux: bool,
@@ -120,8 +121,9 @@ pub async fn connect_tls(
         .await
         .map_err(|err| ConnectError::Connect { dst, err })?;
     let started = Instant::now();
-    let handshake = TlsConnector::from(config).connect(ServerName::IpAddress(dst.ip().into()), tcp);
-    let stream = match tokio::time::timeout(handshake_timeout, handshake).await {
+    let handshake = TlsConnector::from(config)
+        .connect(ServerName::IpAddress(dst.ip().into()), ReadAhead::new(tcp));
+    let mut stream = match tokio::time::timeout(handshake_timeout, handshake).await {
         Err(_) => {
             return Err(ConnectError::HandshakeTimeout {
                 dst,
@@ -147,6 +149,9 @@ pub async fn connect_tls(
     let Some(peer) = tls::peer_id(conn) else {
         return Err(ConnectError::NotMesh { dst });
     };
+    if mux {
+        stream.get_mut().0.enable();
+    }
     shared
         .metrics
         .handshake_seconds
@@ -180,7 +185,7 @@ pub fn check_pins(
 /// The upstream side of a proxied app connection to a mesh peer.
 pub enum Upstream {
     /// An mTLS connection of its own.
-    Tls(Box<TlsStream<TcpStream>>),
+    Tls(Box<TlsStream<ReadAhead<TcpStream>>>),
     /// A stream over a pooled mTLS connection.
     Stream(TokioIo<Upgraded>),
 }

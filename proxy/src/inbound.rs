@@ -22,6 +22,7 @@ use crate::detect::{self, Protocol};
 use crate::metrics::{DirLabels, INBOUND};
 use crate::orig_dst::OriginalDst;
 use crate::policy::Access;
+use crate::read_ahead::ReadAhead;
 use crate::rewind::Rewind;
 use crate::{http, mux, tls, Shared};
 
@@ -171,9 +172,9 @@ async fn mesh(
     // (and be copied with) the task of every inbound connection for its whole life.
     let handshake = Box::pin(tokio::time::timeout(
         shared.config.timeouts.handshake,
-        acceptor.accept(stream),
+        acceptor.accept(ReadAhead::new(stream)),
     ));
-    let tls = match handshake.await {
+    let mut tls = match handshake.await {
         Err(_) => {
             shared.metrics.handshake_failed(INBOUND, "timeout");
             return refuse(
@@ -215,6 +216,7 @@ async fn mesh(
         );
     };
     if tls.get_ref().1.alpn_protocol() == Some(tls::ALPN_MUX) {
+        tls.get_mut().0.enable();
         // Pooled: each stream carries its own destination and is authorized on its own.
         // Boxed: the HTTP/2 server's state is only needed by this rare, long-lived connection;
         // inline, it would size every inbound connection's task.

@@ -22,6 +22,7 @@ pub mod orig_dst;
 pub mod outbound;
 pub mod policy;
 pub mod pool;
+pub mod read_ahead;
 pub mod rewind;
 pub mod rotation;
 pub mod routes;
