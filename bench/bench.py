@@ -11,6 +11,9 @@ worker) on :8080 and iperf3 on :5201. Every proxy runs with one worker thread.
   haproxy   client -> 127.0.0.1:18080 [haproxy] --TLS 1.3, mutual--> [haproxy] :18443 -> 127.0.0.1:8080
   nginx     same with nginx's stream module
   stunnel   same with stunnel
+  relay     the haproxy pair without TLS: the floor any pair of user-space relays pays here
+  meshlet-plain  meshlet's capture and relaying with TLS off (outbound mtls off, inbound
+            permissive): the floor of the sidecar architecture itself
 
 Metrics: keep-alive requests/s and p50/p99 (wrk, 50 connections), new connections/s
 (wrk with `Connection: close`), p50/p99 at a fixed 2,000 requests/s (oha, when installed:
@@ -196,6 +199,17 @@ def haproxy_confs(d):
                    f"backend b{tls}\n  server a 127.0.0.1:{app}\n")
     open(f"{d}/haproxy-client.cfg", "w").write(client)
     open(f"{d}/haproxy-server.cfg", "w").write(server)
+    # The same pair without TLS: what two user-space relays cost in this topology, whatever
+    # they do with the bytes. No sidecar pair can do better than this on a column where the
+    # kernel's work dominates (see bench/README.md).
+    client, server = head, head
+    for local, tls, app in MAPS:
+        client += (f"frontend f{local}\n  bind 127.0.0.1:{local}\n  default_backend b{local}\n"
+                   f"backend b{local}\n  server s {SERVER_IP}:{tls}\n")
+        server += (f"frontend f{tls}\n  bind {SERVER_IP}:{tls}\n  default_backend b{tls}\n"
+                   f"backend b{tls}\n  server a 127.0.0.1:{app}\n")
+    open(f"{d}/relay-client.cfg", "w").write(client)
+    open(f"{d}/relay-server.cfg", "w").write(server)
 
 
 def nginx_stream_confs(d):
@@ -228,7 +242,13 @@ def stunnel_confs(d):
 
 def meshlet_conf(d, who, transport):
     path = f"{d}/meshlet-{who}.yaml"
-    extra = f"outbound:\n  mtls: mtls\n  transport: {transport}\n" if who == "client" else "inbound:\n  mode: strict\n"
+    if transport == "plain":
+        # No TLS at all: what capture and relaying cost by themselves.
+        extra = "outbound:\n  mtls: \"off\"\n" if who == "client" else "inbound:\n  mode: permissive\n"
+    elif who == "client":
+        extra = f"outbound:\n  mtls: mtls\n  transport: {transport}\n"
+    else:
+        extra = "inbound:\n  mode: strict\n"
     open(path, "w").write(
         f"trust_domain: cluster.local\nidentity:\n  cert: {d}/{who}/tls.crt\n  key: {d}/{who}/tls.key\n  bundle: {d}/{who}/ca.crt\n"
         f"workers: 1\nlog:\n  level: warn\n{extra}")
@@ -240,8 +260,10 @@ def start_pair(kind, procs, d, meshlet):
     if kind == "direct":
         return f"{SERVER_IP}:8080", SERVER_IP, 5201, []
     if kind.startswith("meshlet"):
-        # "meshlet": the default pooled transport; "meshlet-per-connection": one mTLS connection each.
-        transport = "per_connection" if kind == "meshlet-per-connection" else "pooled"
+        # "meshlet": the default pooled transport; "meshlet-per-connection": one mTLS connection
+        # each; "meshlet-plain": the same capture and relaying without TLS (a floor, not a mode
+        # anyone should run).
+        transport = {"meshlet-per-connection": "per_connection", "meshlet-plain": "plain"}.get(kind, "pooled")
         for who, netns in (("client", CLIENT), ("server", SERVER)):
             ns(netns, meshlet, "init")
             procs.start(f"meshlet-{who}", ["setpriv", "--reuid=1337", "--regid=1337", "--clear-groups",
@@ -249,7 +271,10 @@ def start_pair(kind, procs, d, meshlet):
         for netns in (CLIENT, SERVER):
             wait_ready(netns)
         return f"{SERVER_IP}:8080", SERVER_IP, 5201, ["meshlet-client", "meshlet-server"]
-    if kind == "haproxy":
+    if kind == "relay":
+        procs.start("relay-server", ["haproxy", "-db", "-f", f"{d}/relay-server.cfg"], netns=SERVER, wait_port=(SERVER_IP, 18443))
+        procs.start("relay-client", ["haproxy", "-db", "-f", f"{d}/relay-client.cfg"], netns=CLIENT, wait_port=("127.0.0.1", 18080))
+    elif kind == "haproxy":
         procs.start("haproxy-server", ["haproxy", "-db", "-f", f"{d}/haproxy-server.cfg"], netns=SERVER, wait_port=(SERVER_IP, 18443))
         procs.start("haproxy-client", ["haproxy", "-db", "-f", f"{d}/haproxy-client.cfg"], netns=CLIENT, wait_port=("127.0.0.1", 18080))
     elif kind == "nginx":
@@ -408,7 +433,7 @@ def main():
     ap.add_argument("--connections", type=int, default=50)
     ap.add_argument("--idle", type=int, default=10000, help="idle connections for the memory measurement")
     ap.add_argument("--runs", type=int, default=1, help="repeat every scenario; the table shows medians")
-    ap.add_argument("--only", default="direct,meshlet,meshlet-per-connection,haproxy,nginx,stunnel")
+    ap.add_argument("--only", default="direct,relay,meshlet-plain,meshlet,meshlet-per-connection,haproxy,nginx,stunnel")
     ap.add_argument("--meshlet", default=os.path.join(ROOT, "target/release/meshlet"))
     ap.add_argument("--out", default=os.path.join(ROOT, "bench/results/latest.json"))
     a = ap.parse_args()
