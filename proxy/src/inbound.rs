@@ -34,7 +34,7 @@ pub async fn handle(
     _permit: OwnedSemaphorePermit,
 ) {
     let _active = shared.metrics.track(INBOUND);
-    let dst = match dst_mode.of(&conn) {
+    let dst = match dst_mode.of(&conn, peer) {
         Ok(dst) => dst,
         Err(e) => {
             return refuse(
@@ -57,7 +57,6 @@ pub async fn handle(
             "connection to the inbound port itself",
         );
     }
-    let _ = conn.set_nodelay(true);
 
     let (protocol, first_bytes) = match sniff(&mut conn, &shared).await {
         Ok(found) => found,

@@ -32,6 +32,11 @@ pub fn bind(addr: SocketAddr) -> anyhow::Result<Option<TcpListener>> {
     socket
         .set_reuse_address(true)
         .with_context(|| format!("{addr}: SO_REUSEADDR"))?;
+    // Accepted sockets inherit TCP_NODELAY from the listener: one system call per listener
+    // instead of one per connection.
+    socket
+        .set_tcp_nodelay(true)
+        .with_context(|| format!("{addr}: TCP_NODELAY"))?;
     socket.set_nonblocking(true)?;
     if let Err(e) = socket.bind(&addr.into()) {
         if addr.is_ipv6() && e.kind() == std::io::ErrorKind::AddrNotAvailable {
@@ -99,5 +104,21 @@ pub fn raise_fd_limit() {
         },
         Ok(_) => {}
         Err(e) => warn!(error = %e, "cannot read the open-files limit"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn accepted_connections_have_nagle_off() {
+        let listener = bind("127.0.0.1:0".parse().unwrap()).unwrap().unwrap();
+        let addr = listener.local_addr().unwrap();
+        let _client = TcpStream::connect(addr).await.unwrap();
+
+        let (conn, _) = listener.accept().await.unwrap();
+
+        assert!(conn.nodelay().unwrap(), "inherited from the listener");
     }
 }

@@ -17,12 +17,14 @@ pub enum OriginalDst {
 }
 
 impl OriginalDst {
-    pub fn of(&self, stream: &TcpStream) -> io::Result<SocketAddr> {
+    /// `peer` is the caller's address as accepted: its family is the socket's (listeners are
+    /// v6-only), which saves asking the kernel for the local address.
+    pub fn of(&self, stream: &TcpStream, peer: SocketAddr) -> io::Result<SocketAddr> {
         match self {
             OriginalDst::Fixed(addr) => Ok(*addr),
             OriginalDst::Kernel => {
                 let sock = socket2::SockRef::from(stream);
-                let addr = if stream.local_addr()?.is_ipv4() {
+                let addr = if peer.is_ipv4() {
                     sock.original_dst_v4()?
                 } else {
                     sock.original_dst_v6()?

@@ -25,7 +25,7 @@ pub async fn handle(
     _permit: OwnedSemaphorePermit,
 ) {
     let _active = shared.metrics.track(OUTBOUND);
-    let dst = match dst_mode.of(&app) {
+    let dst = match dst_mode.of(&app, peer) {
         Ok(dst) => dst,
         Err(e) => {
             return refuse(
@@ -48,7 +48,6 @@ pub async fn handle(
             "connection to the outbound port itself",
         );
     }
-    let _ = app.set_nodelay(true);
     let route = shared.routes.lookup(dst);
     match route.mode {
         MtlsMode::Off => plain(&shared, app, peer, dst).await,
