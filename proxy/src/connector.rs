@@ -47,6 +47,8 @@ pub enum ConnectError {
         got: String,
         allowed: String,
     },
+    #[error("the peer proxy at {dst} did not answer a stream request within {after:?}")]
+    StreamTimeout { dst: SocketAddr, after: Duration },
     #[error("the peer proxy refused a stream to {dst}: {why}")]
     StreamRefused { dst: SocketAddr, why: String },
     #[error("pooled connection to {dst} failed: {err}")]
@@ -61,6 +63,7 @@ impl ConnectError {
             ConnectError::Handshake { reason, .. } => reason,
             ConnectError::NotMesh { .. } => "not_mesh",
             ConnectError::IdentityMismatch { .. } => "identity_mismatch",
+            ConnectError::StreamTimeout { .. } => "stream_timeout",
             ConnectError::StreamRefused { .. } => "stream_refused",
             ConnectError::Pool { .. } => "pool_error",
         }

@@ -105,7 +105,12 @@ impl Pool {
                 Err(direct) => return Ok(direct),
             };
             check_pins(dst, &conn.peer, pins)?;
-            match stream(conn.sender.clone(), dst).await {
+            // A peer that vanished without closing (or hangs) would leave the app connection
+            // waiting for the keep-alive to notice: a stream is due within the handshake timeout.
+            let opened = tokio::time::timeout(handshake_timeout, stream(conn.sender.clone(), dst))
+                .await
+                .unwrap_or(Err(StreamError::TimedOut));
+            match opened {
                 Ok(io) => {
                     shared
                         .metrics
@@ -124,6 +129,17 @@ impl Pool {
                     // Closed under us (GOAWAY, reset): one fresh connection is worth a try.
                     debug!(%dst, error = %err, "pooled connection failed; reconnecting");
                     self.forget(dst.ip(), conn.id).await;
+                }
+                Err(StreamError::TimedOut) if attempt == 0 => {
+                    debug!(%dst, "pooled connection did not answer a stream request; reconnecting");
+                    self.forget(dst.ip(), conn.id).await;
+                }
+                Err(StreamError::TimedOut) => {
+                    self.forget(dst.ip(), conn.id).await;
+                    return Err(ConnectError::StreamTimeout {
+                        dst,
+                        after: handshake_timeout,
+                    });
                 }
                 Err(StreamError::Stale) => {
                     return Err(ConnectError::StreamRefused {
@@ -236,6 +252,7 @@ enum StreamError {
     Stale,
     Refused(String),
     Hyper(hyper::Error),
+    TimedOut,
 }
 
 /// Opens one CONNECT stream naming the app connection's original destination.

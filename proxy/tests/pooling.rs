@@ -339,3 +339,69 @@ async fn a_draining_server_lets_open_streams_finish_and_takes_no_new_ones() {
         "the open stream keeps working while the server drains"
     );
 }
+
+#[tokio::test]
+async fn a_peer_that_never_answers_a_stream_is_given_up_within_the_handshake_timeout() {
+    let ca = Ca::new(TD, DAY).unwrap();
+    let client_store = store(&ca, &leaf(&ca, "/ns/default/sa/pod-worker", |_| {}));
+    // A hung peer: completes TLS (pooled ALPN) and HTTP/2, then leaves every CONNECT unanswered.
+    let server_leaf = leaf(&ca, "/ns/default/sa/hung", |_| {});
+    let mut cfg = rustls::ServerConfig::builder_with_provider(crypto_provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_client_cert_verifier(Arc::new(SpiffeClientVerifier::new(
+            client_store.clone(),
+            crypto_provider(),
+        )))
+        .with_single_cert(
+            parse_certs(server_leaf.cert.as_bytes()).unwrap(),
+            PrivateKeyDer::from_pem_slice(server_leaf.key.as_bytes()).unwrap(),
+        )
+        .unwrap();
+    cfg.alpn_protocols = vec![b"meshlet-mux/1".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                if let Ok(tls) = acceptor.accept(s).await {
+                    let never = hyper::service::service_fn(|_req| {
+                        std::future::pending::<
+                            Result<
+                                hyper::Response<http_body_util::Empty<bytes::Bytes>>,
+                                std::convert::Infallible,
+                            >,
+                        >()
+                    });
+                    let _ = hyper::server::conn::http2::Builder::new(
+                        hyper_util::rt::TokioExecutor::new(),
+                    )
+                    .serve_connection(hyper_util::rt::TokioIo::new(tls), never)
+                    .await;
+                }
+            });
+        }
+    });
+    // The test configuration's handshake timeout is 2 s; one retry on a fresh connection.
+    let client = proxy(config("outbound: {mtls: mtls}"), client_store, addr, addr).await;
+    let started = std::time::Instant::now();
+    let mut app = tokio::net::TcpStream::connect(client.outbound_addrs[0])
+        .await
+        .unwrap();
+
+    let mut buf = [0u8; 16];
+    let read = tokio::time::timeout(std::time::Duration::from_secs(10), app.read(&mut buf))
+        .await
+        .expect("the app connection is still waiting after 10 s");
+
+    assert!(matches!(read, Ok(0) | Err(_)), "closed without an answer");
+    assert!(started.elapsed() < std::time::Duration::from_secs(6));
+    assert_metric(
+        &client,
+        r#"meshlet_connections_refused_total{direction="outbound",reason="stream_timeout"}"#,
+        1.0,
+    )
+    .await;
+}
