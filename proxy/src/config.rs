@@ -209,7 +209,7 @@ pub struct Timeouts {
     /// TCP connect to a backend or peer.
     #[serde(deserialize_with = "duration")]
     pub connect: Duration,
-    /// A whole TLS handshake.
+    /// A whole TLS handshake; also the wait for a peer to answer a pooled stream.
     #[serde(deserialize_with = "duration")]
     pub handshake: Duration,
     /// Inbound: how long to wait for the caller's first bytes before deciding what it speaks.
