@@ -182,12 +182,15 @@ async fn policy_is_checked_per_stream() {
     .await;
 }
 
-#[tokio::test]
-async fn a_peer_without_the_pooled_transport_gets_a_connection_per_app_connection() {
-    let ca = Ca::new(TD, DAY).unwrap();
-    let client_store = store(&ca, &leaf(&ca, "/ns/default/sa/pod-worker", |_| {}));
-    // An older peer: speaks only meshlet/1 and echoes what it decrypts.
-    let server_leaf = leaf(&ca, "/ns/default/sa/old", |_| {});
+/// The TLS side of a hand-made peer proxy: an SVID for `path`, clients verified against the
+/// client's own trust store, and `alpn` as the only protocol it offers.
+fn peer_acceptor(
+    ca: &Ca,
+    client_store: &Arc<meshlet_identity::IdentityStore>,
+    path: &str,
+    alpn: &[u8],
+) -> tokio_rustls::TlsAcceptor {
+    let server_leaf = leaf(ca, path, |_| {});
     let mut cfg = rustls::ServerConfig::builder_with_provider(crypto_provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .unwrap()
@@ -200,8 +203,16 @@ async fn a_peer_without_the_pooled_transport_gets_a_connection_per_app_connectio
             PrivateKeyDer::from_pem_slice(server_leaf.key.as_bytes()).unwrap(),
         )
         .unwrap();
-    cfg.alpn_protocols = vec![b"meshlet/1".to_vec()];
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
+    cfg.alpn_protocols = vec![alpn.to_vec()];
+    tokio_rustls::TlsAcceptor::from(Arc::new(cfg))
+}
+
+#[tokio::test]
+async fn a_peer_without_the_pooled_transport_gets_a_connection_per_app_connection() {
+    let ca = Ca::new(TD, DAY).unwrap();
+    let client_store = store(&ca, &leaf(&ca, "/ns/default/sa/pod-worker", |_| {}));
+    // An older peer: speaks only meshlet/1 and echoes what it decrypts.
+    let acceptor = peer_acceptor(&ca, &client_store, "/ns/default/sa/old", b"meshlet/1");
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
     tokio::spawn(async move {
@@ -345,21 +356,7 @@ async fn a_peer_that_never_answers_a_stream_is_given_up_within_the_handshake_tim
     let ca = Ca::new(TD, DAY).unwrap();
     let client_store = store(&ca, &leaf(&ca, "/ns/default/sa/pod-worker", |_| {}));
     // A hung peer: completes TLS (pooled ALPN) and HTTP/2, then leaves every CONNECT unanswered.
-    let server_leaf = leaf(&ca, "/ns/default/sa/hung", |_| {});
-    let mut cfg = rustls::ServerConfig::builder_with_provider(crypto_provider())
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .unwrap()
-        .with_client_cert_verifier(Arc::new(SpiffeClientVerifier::new(
-            client_store.clone(),
-            crypto_provider(),
-        )))
-        .with_single_cert(
-            parse_certs(server_leaf.cert.as_bytes()).unwrap(),
-            PrivateKeyDer::from_pem_slice(server_leaf.key.as_bytes()).unwrap(),
-        )
-        .unwrap();
-    cfg.alpn_protocols = vec![b"meshlet-mux/1".to_vec()];
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
+    let acceptor = peer_acceptor(&ca, &client_store, "/ns/default/sa/hung", b"meshlet-mux/1");
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
     tokio::spawn(async move {
