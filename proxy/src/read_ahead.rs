@@ -94,6 +94,16 @@ mod tests {
         }
     }
 
+    async fn read_in_4k_chunks<S: AsyncRead + Unpin>(s: &mut S, len: usize) -> Vec<u8> {
+        let mut got = Vec::new();
+        let mut chunk = [0u8; 4096];
+        while got.len() < len {
+            let n = s.read(&mut chunk).await.unwrap();
+            got.extend_from_slice(&chunk[..n]);
+        }
+        got
+    }
+
     fn pattern(len: usize) -> Vec<u8> {
         (0..len).map(|i| (i % 251) as u8).collect()
     }
@@ -107,12 +117,7 @@ mod tests {
         });
         s.enable();
 
-        let mut got = Vec::new();
-        let mut chunk = [0u8; 4096];
-        while got.len() < data.len() {
-            let n = s.read(&mut chunk).await.unwrap();
-            got.extend_from_slice(&chunk[..n]);
-        }
+        let got = read_in_4k_chunks(&mut s, data.len()).await;
 
         assert_eq!(got, data);
         assert_eq!(s.inner.reads, 1, "16 reads of 4 KiB, one read below");
@@ -126,12 +131,7 @@ mod tests {
             reads: 0,
         });
 
-        let mut got = Vec::new();
-        let mut chunk = [0u8; 4096];
-        while got.len() < data.len() {
-            let n = s.read(&mut chunk).await.unwrap();
-            got.extend_from_slice(&chunk[..n]);
-        }
+        let got = read_in_4k_chunks(&mut s, data.len()).await;
 
         assert_eq!(got, data);
         assert_eq!(s.inner.reads, 3);

@@ -182,14 +182,20 @@ async fn policy_is_checked_per_stream() {
     .await;
 }
 
-/// The TLS side of a hand-made peer proxy: an SVID for `path`, clients verified against the
-/// client's own trust store, and `alpn` as the only protocol it offers.
-fn peer_acceptor(
+/// A hand-made peer proxy: an SVID for `path`, clients verified against the client's own trust
+/// store, `alpn` as the only protocol it offers, and `serve` run on every authenticated
+/// connection. Returns the address it listens on.
+async fn fake_peer<F, Fut>(
     ca: &Ca,
     client_store: &Arc<meshlet_identity::IdentityStore>,
     path: &str,
     alpn: &[u8],
-) -> tokio_rustls::TlsAcceptor {
+    serve: F,
+) -> std::net::SocketAddr
+where
+    F: Fn(tokio_rustls::server::TlsStream<tokio::net::TcpStream>) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
     let server_leaf = leaf(ca, path, |_| {});
     let mut cfg = rustls::ServerConfig::builder_with_provider(crypto_provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
@@ -204,7 +210,21 @@ fn peer_acceptor(
         )
         .unwrap();
     cfg.alpn_protocols = vec![alpn.to_vec()];
-    tokio_rustls::TlsAcceptor::from(Arc::new(cfg))
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let serve = Arc::new(serve);
+    tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            let (acceptor, serve) = (acceptor.clone(), serve.clone());
+            tokio::spawn(async move {
+                if let Ok(tls) = acceptor.accept(s).await {
+                    serve(tls).await;
+                }
+            });
+        }
+    });
+    addr
 }
 
 #[tokio::test]
@@ -212,25 +232,22 @@ async fn a_peer_without_the_pooled_transport_gets_a_connection_per_app_connectio
     let ca = Ca::new(TD, DAY).unwrap();
     let client_store = store(&ca, &leaf(&ca, "/ns/default/sa/pod-worker", |_| {}));
     // An older peer: speaks only meshlet/1 and echoes what it decrypts.
-    let acceptor = peer_acceptor(&ca, &client_store, "/ns/default/sa/old", b"meshlet/1");
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((s, _)) = l.accept().await {
-            let acceptor = acceptor.clone();
-            tokio::spawn(async move {
-                if let Ok(mut tls) = acceptor.accept(s).await {
-                    let mut buf = vec![0u8; 1024];
-                    while let Ok(n) = tls.read(&mut buf).await {
-                        if n == 0 || tls.write_all(&buf[..n]).await.is_err() {
-                            break;
-                        }
-                    }
-                    let _ = tls.shutdown().await;
+    let addr = fake_peer(
+        &ca,
+        &client_store,
+        "/ns/default/sa/old",
+        b"meshlet/1",
+        |mut tls| async move {
+            let mut buf = vec![0u8; 1024];
+            while let Ok(n) = tls.read(&mut buf).await {
+                if n == 0 || tls.write_all(&buf[..n]).await.is_err() {
+                    break;
                 }
-            });
-        }
-    });
+            }
+            let _ = tls.shutdown().await;
+        },
+    )
+    .await;
     let client = proxy(config("outbound: {mtls: mtls}"), client_store, addr, addr).await;
     for msg in [&b"first"[..], b"second"] {
         assert_eq!(roundtrip(client.outbound_addrs[0], msg).await.unwrap(), msg);
@@ -356,31 +373,26 @@ async fn a_peer_that_never_answers_a_stream_is_given_up_within_the_handshake_tim
     let ca = Ca::new(TD, DAY).unwrap();
     let client_store = store(&ca, &leaf(&ca, "/ns/default/sa/pod-worker", |_| {}));
     // A hung peer: completes TLS (pooled ALPN) and HTTP/2, then leaves every CONNECT unanswered.
-    let acceptor = peer_acceptor(&ca, &client_store, "/ns/default/sa/hung", b"meshlet-mux/1");
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((s, _)) = l.accept().await {
-            let acceptor = acceptor.clone();
-            tokio::spawn(async move {
-                if let Ok(tls) = acceptor.accept(s).await {
-                    let never = hyper::service::service_fn(|_req| {
-                        std::future::pending::<
-                            Result<
-                                hyper::Response<http_body_util::Empty<bytes::Bytes>>,
-                                std::convert::Infallible,
-                            >,
-                        >()
-                    });
-                    let _ = hyper::server::conn::http2::Builder::new(
-                        hyper_util::rt::TokioExecutor::new(),
-                    )
-                    .serve_connection(hyper_util::rt::TokioIo::new(tls), never)
-                    .await;
-                }
+    let addr = fake_peer(
+        &ca,
+        &client_store,
+        "/ns/default/sa/hung",
+        b"meshlet-mux/1",
+        |tls| async move {
+            let never = hyper::service::service_fn(|_req| {
+                std::future::pending::<
+                    Result<
+                        hyper::Response<http_body_util::Empty<bytes::Bytes>>,
+                        std::convert::Infallible,
+                    >,
+                >()
             });
-        }
-    });
+            let _ = hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                .serve_connection(hyper_util::rt::TokioIo::new(tls), never)
+                .await;
+        },
+    )
+    .await;
     // The test configuration's handshake timeout is 2 s; one retry on a fresh connection.
     let client = proxy(config("outbound: {mtls: mtls}"), client_store, addr, addr).await;
     let started = std::time::Instant::now();
