@@ -36,8 +36,11 @@ pub fn render_apply(cfg: &CaptureConfig, family: Family, stale_jumps: &[String])
     rule(
         &mut out,
         "PREROUTING",
-        "-p tcp",
-        "capture inbound TCP",
+        // Only connections addressed to this pod: a packet merely routed through it (a forged
+        // route, a misconfigured peer) is never handed to the proxy, which would otherwise dial
+        // its destination on the caller's behalf.
+        "-p tcp -m addrtype --dst-type LOCAL",
+        "capture inbound TCP addressed to this pod",
         "MESHLET_INBOUND",
     );
     rule(
@@ -265,7 +268,7 @@ mod tests {
 :MESHLET_IN_REDIRECT - [0:0]
 :MESHLET_OUTPUT - [0:0]
 :MESHLET_REDIRECT - [0:0]
--A PREROUTING -p tcp -m comment --comment "meshlet: capture inbound TCP" -j MESHLET_INBOUND
+-A PREROUTING -p tcp -m addrtype --dst-type LOCAL -m comment --comment "meshlet: capture inbound TCP addressed to this pod" -j MESHLET_INBOUND
 -A OUTPUT -p tcp -m comment --comment "meshlet: capture outbound TCP" -j MESHLET_OUTPUT
 -A MESHLET_INBOUND -p tcp -m multiport --dports 15021,15006,15001 -m comment --comment "meshlet: admin and proxy ports are never captured" -j RETURN
 -A MESHLET_INBOUND -p tcp -m comment --comment "meshlet: all other inbound TCP goes to the proxy" -j MESHLET_IN_REDIRECT

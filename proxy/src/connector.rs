@@ -41,6 +41,12 @@ pub enum ConnectError {
     },
     #[error("{dst} completed TLS but is not a meshlet proxy (no meshlet ALPN)")]
     NotMesh { dst: SocketAddr },
+    #[error("{dst} answered as a meshlet proxy but its certificate was refused ({reason}): {err}")]
+    Untrusted {
+        dst: SocketAddr,
+        reason: &'static str,
+        err: rustls::Error,
+    },
     #[error("{dst} presented {got}, which is not among the identities pinned for it ({allowed})")]
     IdentityMismatch {
         dst: SocketAddr,
@@ -62,6 +68,7 @@ impl ConnectError {
             ConnectError::HandshakeTimeout { .. } => "timeout",
             ConnectError::Handshake { reason, .. } => reason,
             ConnectError::NotMesh { .. } => "not_mesh",
+            ConnectError::Untrusted { reason, .. } => reason,
             ConnectError::IdentityMismatch { .. } => "identity_mismatch",
             ConnectError::StreamTimeout { .. } => "stream_timeout",
             ConnectError::StreamRefused { .. } => "stream_refused",
@@ -76,18 +83,27 @@ impl ConnectError {
             ConnectError::HandshakeTimeout { .. }
                 | ConnectError::Handshake { .. }
                 | ConnectError::NotMesh { .. }
+                | ConnectError::Untrusted { .. }
                 | ConnectError::IdentityMismatch { .. }
         )
     }
 
-    /// For `auto`: the peer did not prove to be a meshlet proxy (and was reachable).
+    /// For `auto`: the destination demonstrably does not speak meshlet, so plaintext may be
+    /// sent to it. Only its own answer to our ClientHello proves that: something that is not
+    /// TLS, TLS without meshlet's ALPN (completed, or refused with an alert that says so), or
+    /// a close or reset. A timeout proves nothing (a busy or flooded meshlet peer is silent
+    /// too), and a certificate or identity failure is a meshlet peer we must not trust.
     pub fn peer_is_not_mesh(&self) -> bool {
-        matches!(
-            self,
-            ConnectError::HandshakeTimeout { .. }
-                | ConnectError::Handshake { .. }
-                | ConnectError::NotMesh { .. }
-        )
+        match self {
+            ConnectError::NotMesh { .. } => true,
+            ConnectError::Handshake { reason, .. } => {
+                matches!(
+                    *reason,
+                    "not_tls" | "foreign_tls" | "no_alpn" | "eof" | "reset"
+                )
+            }
+            _ => false,
+        }
     }
 }
 
@@ -113,13 +129,22 @@ pub struct MeshConn {
     pub mux: bool,
 }
 
-/// Connects to `dst` and completes an mTLS handshake with the meshlet proxy there.
+/// Connects to `dst` and completes an mTLS handshake with the meshlet proxy there. With
+/// `probe`, a certificate failure is reported only once the server has shown meshlet's ALPN
+/// (see [`crate::tls::TlsConfigs::probe`]), so that `auto` can tell the two apart.
 pub async fn connect_tls(
     shared: &Shared,
     dst: SocketAddr,
     config: Arc<ClientConfig>,
     handshake_timeout: Duration,
+    probe: bool,
 ) -> Result<MeshConn, ConnectError> {
+    let (config, verdict) = if probe {
+        let (config, verdict) = shared.tls.probe(&config);
+        (config, Some(verdict))
+    } else {
+        (config, None)
+    };
     let tcp = connect_tcp(dst, shared.config.timeouts.connect)
         .await
         .map_err(|err| ConnectError::Connect { dst, err })?;
@@ -148,6 +173,13 @@ pub async fn connect_tls(
         Some(p) if p == ALPN_MESH => false,
         _ => return Err(ConnectError::NotMesh { dst }),
     };
+    if let Some(err) = verdict.and_then(|v| v.failure()) {
+        return Err(ConnectError::Untrusted {
+            dst,
+            reason: meshlet_identity::verify::reason_of(&err),
+            err,
+        });
+    }
     // The verifier accepted the chain, so the leaf has exactly one valid SPIFFE ID.
     let Some(peer) = tls::peer_id(conn) else {
         return Err(ConnectError::NotMesh { dst });
@@ -200,10 +232,18 @@ pub async fn open_mesh(
     dst: SocketAddr,
     pins: Option<&[SpiffeId]>,
     handshake_timeout: Duration,
+    probe: bool,
 ) -> Result<(Upstream, SpiffeId), ConnectError> {
     match shared.config.outbound.transport {
-        Transport::Pooled => shared.pool.open(shared, dst, pins, handshake_timeout).await,
-        Transport::PerConnection => own_connection(shared, dst, pins, handshake_timeout).await,
+        Transport::Pooled => {
+            shared
+                .pool
+                .open(shared, dst, pins, handshake_timeout, probe)
+                .await
+        }
+        Transport::PerConnection => {
+            own_connection(shared, dst, pins, handshake_timeout, probe).await
+        }
     }
 }
 
@@ -213,6 +253,7 @@ pub async fn own_connection(
     dst: SocketAddr,
     pins: Option<&[SpiffeId]>,
     handshake_timeout: Duration,
+    probe: bool,
 ) -> Result<(Upstream, SpiffeId), ConnectError> {
     // Boxed: the handshake's state is large and short-lived; inline, it would size the task of
     // every outbound connection for its whole life.
@@ -221,6 +262,7 @@ pub async fn own_connection(
         dst,
         shared.tls.client.clone(),
         handshake_timeout,
+        probe,
     ))
     .await?;
     check_pins(dst, &conn.peer, pins)?;

@@ -1,6 +1,7 @@
 //! Tells, from a caller's first bytes, whether it speaks meshlet's mTLS, other TLS, or plaintext.
 //! Only the ClientHello's ALPN extension is read; nothing is decrypted here.
 
+use crate::locate::LOCATE_REQUEST;
 use crate::tls::{ALPN_MESH, ALPN_MUX};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -11,6 +12,8 @@ pub enum Protocol {
     ForeignTls,
     /// Not TLS at all.
     Plain,
+    /// A peer proxy asking which pod address this connection reached (see `locate`).
+    Locate,
     /// Need more bytes to tell.
     Incomplete,
 }
@@ -20,6 +23,12 @@ pub const MAX_HELLO: usize = 5 + 16384;
 
 pub fn classify(buf: &[u8]) -> Protocol {
     if buf.is_empty() {
+        return Protocol::Incomplete;
+    }
+    if buf.starts_with(LOCATE_REQUEST) {
+        return Protocol::Locate;
+    }
+    if LOCATE_REQUEST.starts_with(buf) {
         return Protocol::Incomplete;
     }
     if buf[0] != 0x16 {
@@ -160,6 +169,13 @@ mod tests {
             assert_eq!(classify(&h[..cut]), Protocol::Incomplete, "cut at {cut}");
         }
         assert_eq!(classify(&[]), Protocol::Incomplete);
+    }
+
+    #[test]
+    fn a_locate_request_is_recognised_whole_and_waited_for_when_partial() {
+        assert_eq!(classify(LOCATE_REQUEST), Protocol::Locate);
+        assert_eq!(classify(&LOCATE_REQUEST[..3]), Protocol::Incomplete);
+        assert_eq!(classify(b"\0other"), Protocol::Plain);
     }
 
     #[test]

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use meshlet_identity::SpiffeId;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio_rustls::TlsAcceptor;
@@ -24,7 +24,7 @@ use crate::orig_dst::OriginalDst;
 use crate::policy::Access;
 use crate::read_ahead::ReadAhead;
 use crate::rewind::Rewind;
-use crate::{http, mux, tls, Shared};
+use crate::{http, locate, mux, on_this_pod, tls, Shared};
 
 pub async fn handle(
     shared: Arc<Shared>,
@@ -47,16 +47,24 @@ pub async fn handle(
             );
         }
     };
-    if dst.port() == shared.config.inbound.port {
-        return refuse(
-            &shared,
-            peer,
-            Some(dst),
-            None,
-            "loop",
-            "connection to the inbound port itself",
-        );
-    }
+    let dst = match dst_mode {
+        OriginalDst::Kernel => match on_this_pod::check(&shared.local, &shared.proxy_ports, dst) {
+            Ok(dst) => dst,
+            Err(e) => return refuse(&shared, peer, Some(dst), None, e.reason(), &e.to_string()),
+        },
+        // A fixed destination is the operator's, not the caller's.
+        OriginalDst::Fixed(dst) if dst.port() == shared.config.inbound.port => {
+            return refuse(
+                &shared,
+                peer,
+                Some(dst),
+                None,
+                "loop",
+                "connection to the inbound port itself",
+            );
+        }
+        OriginalDst::Fixed(dst) => dst,
+    };
 
     let (protocol, first_bytes) = match sniff(&mut conn, &shared).await {
         Ok(found) => found,
@@ -71,6 +79,12 @@ pub async fn handle(
             )
         }
     };
+    if protocol == Protocol::Locate {
+        // Not app traffic: nothing reaches the app, so neither mode nor policy applies.
+        debug!(%peer, %dst, "locate: telling a peer proxy which address it reached");
+        let _ = conn.write_all(locate::answer(dst).as_bytes()).await;
+        return;
+    }
     let stream = Rewind::new(first_bytes, conn);
     match protocol {
         Protocol::Mesh => mesh(&shared, stream, peer, dst, dst_mode).await,

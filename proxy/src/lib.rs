@@ -16,8 +16,11 @@ pub mod http;
 pub mod http_path;
 pub mod inbound;
 pub mod listener;
+pub mod local_addrs;
+pub mod locate;
 pub mod metrics;
 pub mod mux;
+pub mod on_this_pod;
 pub mod orig_dst;
 pub mod outbound;
 pub mod policy;
@@ -53,6 +56,9 @@ pub struct Shared {
     pub pool: pool::Pool,
     /// Inbound connections and pooled streams handled at once (`inbound.max_connections`).
     pub inbound_limit: Arc<Semaphore>,
+    /// This pod's addresses: the only ones the inbound side dials.
+    pub local: local_addrs::LocalAddrs,
+    pub proxy_ports: on_this_pod::ProxyPorts,
     pub ready: AtomicBool,
     shutdown: watch::Sender<bool>,
 }
@@ -124,8 +130,15 @@ pub async fn start(
     let (shutdown, _) = watch::channel(false);
     let http = http::AppClients::new(config.timeouts.connect);
     let inbound_limit = Arc::new(Semaphore::new(config.inbound.max_connections));
+    let proxy_ports = on_this_pod::ProxyPorts {
+        inbound: config.inbound.port,
+        outbound: config.outbound.port,
+        admin: config.admin.address.port(),
+    };
     let shared = Arc::new(Shared {
         inbound_limit: inbound_limit.clone(),
+        local: local_addrs::LocalAddrs::default(),
+        proxy_ports,
         config,
         store,
         tls,

@@ -1,6 +1,7 @@
 //! The pooled transport, server side: one authenticated mTLS connection from a peer proxy
 //! carries many app connections as HTTP/2 CONNECT streams. Each stream names its original
-//! destination, which must be on this pod, and passes policy on its own.
+//! destination, which must be an address of this pod (`on_this_pod`), and passes policy on its
+//! own.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -18,9 +19,12 @@ use tokio::sync::Notify;
 use tracing::{debug, warn};
 
 use crate::metrics::{DirLabels, INBOUND};
+use crate::on_this_pod::{self, NotOnThisPod};
 use crate::orig_dst::OriginalDst;
 use crate::policy::Access;
-use crate::pool::{CONNECTION_WINDOW, MAX_FRAME, RETRY_HEADER, SEND_BUF, STREAM_WINDOW};
+use crate::pool::{
+    CONNECTION_WINDOW, MAX_FRAME, REACHED_HEADER, RETRY_HEADER, SEND_BUF, STREAM_WINDOW,
+};
 use crate::{connector, copy, http, Shared};
 
 /// Streams one pooled connection may carry at once.
@@ -30,7 +34,8 @@ struct ConnCtx {
     shared: Arc<Shared>,
     caller: SpiffeId,
     peer: SocketAddr,
-    /// Where the pooled connection itself was sent: streams may only target this IP.
+    /// Where the pooled connection itself arrived (an address of this pod): told to a peer whose
+    /// stream names another address.
     outer_dst: SocketAddr,
     dst_mode: OriginalDst,
     /// Our identity generation when the connection was authenticated.
@@ -161,33 +166,44 @@ async fn stream(ctx: &ConnCtx, mut req: Request<Incoming>) -> Response<Empty<Byt
         );
     };
     let dst = match ctx.dst_mode {
+        OriginalDst::Fixed(addr)
+            if addr.port() == shared.config.inbound.port
+                || addr.port() == shared.config.outbound.port =>
+        {
+            return refuse(
+                ctx,
+                Some(addr),
+                "loop",
+                "stream to a proxy port",
+                StatusCode::FORBIDDEN,
+            );
+        }
         OriginalDst::Fixed(addr) => addr,
         OriginalDst::Kernel => {
-            if named.ip() != ctx.outer_dst.ip() {
-                let detail = format!(
-                    "stream names {named}, which is not on this pod ({})",
-                    ctx.outer_dst.ip()
-                );
-                return refuse(
-                    ctx,
-                    Some(named),
-                    "foreign_target",
-                    &detail,
-                    StatusCode::FORBIDDEN,
-                );
+            match on_this_pod::check(&shared.local, &shared.proxy_ports, named) {
+                Ok(dst) => dst,
+                Err(NotOnThisPod::ForeignAddress(_)) if !named.ip().is_loopback() => {
+                    // Most likely a virtual destination (a Service address the node translated):
+                    // say where this connection really arrived, so the peer can name it.
+                    debug!(peer = %ctx.peer, %named, reached = %ctx.outer_dst, "stream names another address; telling the peer where it arrived");
+                    let mut resp = reply(StatusCode::MISDIRECTED_REQUEST);
+                    if let Ok(v) = ::http::HeaderValue::from_str(&ctx.outer_dst.to_string()) {
+                        resp.headers_mut().insert(REACHED_HEADER, v);
+                    }
+                    return resp;
+                }
+                Err(e) => {
+                    return refuse(
+                        ctx,
+                        Some(named),
+                        e.reason(),
+                        &e.to_string(),
+                        StatusCode::FORBIDDEN,
+                    )
+                }
             }
-            named
         }
     };
-    if dst.port() == shared.config.inbound.port || dst.port() == shared.config.outbound.port {
-        return refuse(
-            ctx,
-            Some(dst),
-            "loop",
-            "stream to a proxy port",
-            StatusCode::FORBIDDEN,
-        );
-    }
     let access = match shared
         .policy
         .check_connection(Some(&ctx.caller), dst.port())

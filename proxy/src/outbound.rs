@@ -53,7 +53,9 @@ pub async fn handle(
         MtlsMode::Off => plain(&shared, app, peer, dst).await,
         MtlsMode::Mtls => {
             let timeout = shared.config.timeouts.handshake;
-            match connector::open_mesh(&shared, dst, route.identities.as_deref(), timeout).await {
+            match connector::open_mesh(&shared, dst, route.identities.as_deref(), timeout, false)
+                .await
+            {
                 Ok((mut upstream, id)) => {
                     debug!(%peer, %dst, server = %id, "outbound mTLS established");
                     shared.metrics.opened(OUTBOUND, "mtls");
@@ -69,23 +71,38 @@ pub async fn handle(
             }
         }
         MtlsMode::Auto => {
-            if shared.routes.known_plain(dst) {
+            let generation = shared.store.generation();
+            if shared.routes.known_plain(dst, generation) {
                 return plain(&shared, app, peer, dst).await;
             }
+            // A destination that has proved to be a meshlet peer is held to it: no failure
+            // downgrades it while remembered. Others are probed, so that a server which does
+            // not speak meshlet can be told from a meshlet peer we must not trust.
+            let proven = shared.routes.known_mesh(dst);
             let timeout = shared.config.outbound.auto_detect_timeout;
-            match connector::open_mesh(&shared, dst, None, timeout).await {
+            match connector::open_mesh(&shared, dst, None, timeout, !proven).await {
                 Ok((mut upstream, id)) => {
                     debug!(%peer, %dst, server = %id, "outbound mTLS established (auto)");
+                    shared.routes.remember_mesh(dst);
                     shared.metrics.opened(OUTBOUND, "mtls");
                     copy::bidirectional(OUTBOUND, &shared.metrics, &mut app, &mut upstream).await;
                 }
-                Err(e) if e.peer_is_not_mesh() => {
-                    info!(%peer, %dst, reason = e.reason(), error = %e, "auto: peer is not a meshlet proxy; falling back to plaintext");
+                Err(e) if !proven && e.peer_is_not_mesh() => {
+                    info!(%peer, %dst, reason = e.reason(), error = %e, "auto: destination does not speak meshlet; falling back to plaintext");
                     shared.metrics.auto_fallbacks.inc();
-                    shared.routes.remember_plain(dst);
+                    shared.routes.remember_plain(dst, generation);
                     plain(&shared, app, peer, dst).await
                 }
-                Err(e) => mesh_failed(&shared, peer, dst, &e, "no fallback for this failure"),
+                Err(e) => {
+                    let consequence = if proven {
+                        "auto: this destination proved to be a meshlet peer, so it is never sent plaintext"
+                    } else if matches!(e, ConnectError::HandshakeTimeout { .. }) {
+                        "auto: silence proves nothing, so no plaintext fallback (set mtls: off for a plain server that never answers a TLS ClientHello)"
+                    } else {
+                        "auto: no plaintext fallback for this failure"
+                    };
+                    mesh_failed(&shared, peer, dst, &e, consequence)
+                }
             }
         }
     }
@@ -114,7 +131,7 @@ fn mesh_failed(
     err: &ConnectError,
     consequence: &str,
 ) {
-    if !matches!(err, ConnectError::Connect { .. }) {
+    if err.is_handshake_failure() {
         shared.metrics.handshake_failed(OUTBOUND, err.reason());
     }
     refuse(

@@ -2,16 +2,21 @@
 //! over one long-lived mTLS connection to that peer's proxy, so a new app connection costs no
 //! TLS handshake.
 //!
-//! A pooled connection is keyed by the peer's IP (any captured port of that IP reaches the same
-//! proxy), carries streams between exactly one pair of identities (ours at the time it was made,
-//! and the peer's it proved), and is not reused once our identity or trust bundle has changed:
-//! the next app connection opens a fresh one and the old one drains as its streams end.
+//! A pooled connection is keyed by the pod IP it reached (any captured port of a pod reaches the
+//! same proxy), carries streams between exactly one pair of identities (ours at the time it was
+//! made, and the peer's it proved), and is not reused once our identity or trust bundle has
+//! changed: the next app connection opens a fresh one and the old one drains as its streams end.
+//!
+//! Virtual destinations (Service addresses that the node translates to a backend pod per TCP
+//! connection) are learned when the peer answers a stream with the address it really reached;
+//! from then on each app connection to them is first located (`locate`) so that it reaches the
+//! backend the node's balancing chooses for it, and rides the pooled connection to that pod.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{Method, Request, StatusCode};
@@ -23,10 +28,16 @@ use tracing::{debug, info};
 
 use crate::connector::{check_pins, connect_tls, own_connection, ConnectError, Upstream};
 use crate::metrics::OUTBOUND;
-use crate::Shared;
+use crate::{locate, Shared};
 
 /// Header a peer sets when it refuses a stream because the pooled connection is stale.
 pub const RETRY_HEADER: &str = "meshlet-retry";
+/// Header of a 421 answer: the pod address and port the pooled connection really reached.
+pub const REACHED_HEADER: &str = "meshlet-reached";
+
+/// How long a destination found to be virtual is remembered. Service addresses are stable; the
+/// bound only keeps a reused address from being treated as virtual forever.
+const VIRTUAL_TTL: Duration = Duration::from_secs(600);
 
 /// Flow-control windows: large enough that one stream can fill a fast link.
 pub const STREAM_WINDOW: u32 = 4 << 20;
@@ -40,6 +51,8 @@ struct PooledConn {
     /// Tells this connection from a later one in the same slot.
     id: u64,
     sender: SendRequest<Empty<Bytes>>,
+    /// The address dialed: after translation by the node, it may not be where it arrived.
+    dialed: SocketAddr,
     peer: SpiffeId,
     generation: u64,
 }
@@ -55,6 +68,22 @@ pub struct Pool {
     slots: Mutex<HashMap<IpAddr, Slot>>,
     /// Peers that answered the pooled ALPN with the per-connection one.
     no_mux: Mutex<HashMap<IpAddr, ()>>,
+    /// Destinations found to be virtual, until when.
+    virtual_dsts: Mutex<HashMap<SocketAddr, Instant>>,
+}
+
+/// Where a stream is sent and how it was decided.
+enum Target {
+    /// The destination as the app dialed it (a pod address, as far as we know).
+    AsDialed(SocketAddr),
+    /// The pod a virtual destination led to this time.
+    Located(SocketAddr),
+}
+
+/// A pooled connection, or the peer's choice of a connection of its own instead.
+enum Dialed {
+    Pooled(PooledConn),
+    Own(Upstream, SpiffeId),
 }
 
 impl Pool {
@@ -86,31 +115,94 @@ impl Pool {
             .unwrap_or(false)
     }
 
+    fn is_virtual(&self, dst: SocketAddr) -> bool {
+        let Ok(mut map) = self.virtual_dsts.lock() else {
+            return false;
+        };
+        match map.get(&dst) {
+            Some(until) if *until > Instant::now() => true,
+            Some(_) => {
+                map.remove(&dst);
+                false
+            }
+            None => false,
+        }
+    }
+
+    fn remember_virtual(&self, dst: SocketAddr) {
+        if let Ok(mut map) = self.virtual_dsts.lock() {
+            let now = Instant::now();
+            if map.len() >= MAX_PEERS {
+                map.retain(|_, until| *until > now);
+                if map.len() >= MAX_PEERS {
+                    map.clear();
+                }
+            }
+            if map.insert(dst, now + VIRTUAL_TTL).is_none() {
+                info!(%dst, "virtual destination (translated by the node): each connection is located first");
+            }
+        }
+    }
+
+    /// Files a pooled connection under the pod address it really reached, unless that pod
+    /// already has a live one. True when it did: the caller is the first to learn where the
+    /// connection went.
+    async fn adopt(&self, reached: SocketAddr, mut conn: PooledConn) -> bool {
+        let slot = self.slot(reached.ip());
+        let mut guard = slot.lock().await;
+        let live = guard
+            .as_ref()
+            .is_some_and(|c| !c.sender.is_closed() && c.generation == conn.generation);
+        if !live {
+            conn.dialed = reached;
+            *guard = Some(conn);
+        }
+        !live
+    }
+
     /// A stream to `dst` over a pooled connection (opening one if needed), or, for a peer that
-    /// does not speak the pooled transport, a connection of its own.
+    /// does not speak the pooled transport or a virtual destination that cannot be located, a
+    /// connection of its own. `probe`: see [`crate::tls::TlsConfigs::probe`].
     pub async fn open(
         &self,
         shared: &Shared,
         dst: SocketAddr,
         pins: Option<&[SpiffeId]>,
         handshake_timeout: Duration,
+        probe: bool,
     ) -> Result<(Upstream, SpiffeId), ConnectError> {
         if self.peer_lacks_mux(dst.ip()) {
-            return own_connection(shared, dst, pins, handshake_timeout).await;
+            return own_connection(shared, dst, pins, handshake_timeout, probe).await;
         }
-        // One retry: a stale or broken pooled connection is replaced once.
-        for attempt in 0..2 {
-            let conn = match self.pooled(shared, dst, handshake_timeout).await? {
-                Ok(conn) => conn,
-                Err(direct) => return Ok(direct),
+        let mut target = if self.is_virtual(dst) {
+            match self.locate(shared, dst).await {
+                Some(pod) => Target::Located(pod),
+                None => return own_connection(shared, dst, pins, handshake_timeout, probe).await,
+            }
+        } else {
+            Target::AsDialed(dst)
+        };
+        // A stale or broken pooled connection is replaced once; a destination found to be
+        // virtual is redirected once.
+        let (mut retried, mut redirected) = (false, false);
+        loop {
+            let addr = match target {
+                Target::AsDialed(a) | Target::Located(a) => a,
+            };
+            let conn = match self.pooled(shared, addr, handshake_timeout, probe).await? {
+                Dialed::Pooled(conn) => conn,
+                Dialed::Own(upstream, peer) => {
+                    check_pins(dst, &peer, pins)?;
+                    return Ok((upstream, peer));
+                }
             };
             check_pins(dst, &conn.peer, pins)?;
             // A peer that vanished without closing (or hangs) would leave the app connection
             // waiting for the keep-alive to notice: a stream is due within the handshake timeout.
-            let opened = tokio::time::timeout(handshake_timeout, stream(conn.sender.clone(), dst))
+            let opened = tokio::time::timeout(handshake_timeout, stream(conn.sender.clone(), addr))
                 .await
                 .unwrap_or(Err(StreamError::TimedOut));
-            match opened {
+            let err = match opened {
                 Ok(io) => {
                     shared
                         .metrics
@@ -121,68 +213,103 @@ impl Pool {
                         .inc();
                     return Ok((Upstream::Stream(io), conn.peer));
                 }
-                Err(StreamError::Stale) if attempt == 0 => {
-                    debug!(%dst, "pooled connection is stale on the peer's side; reconnecting");
-                    self.forget(dst.ip(), conn.id).await;
+                Err(err) => err,
+            };
+            match err {
+                StreamError::Misdirected(reached)
+                    if !redirected && matches!(target, Target::AsDialed(_)) =>
+                {
+                    redirected = true;
+                    self.remember_virtual(dst);
+                    self.forget(addr.ip(), conn.id).await;
+                    // The pooled connection crossed the node's translation to this very port: the
+                    // balancer chose `pod` for it, so the first app connection to learn of it may
+                    // follow it. The others are located one by one, as the balancer would spread
+                    // them.
+                    let follow = match reached {
+                        Some(pod) if conn.dialed == dst && self.adopt(pod, conn).await => Some(pod),
+                        _ => None,
+                    };
+                    target = match follow {
+                        Some(pod) => Target::Located(pod),
+                        None => match self.locate(shared, dst).await {
+                            Some(pod) => Target::Located(pod),
+                            None => {
+                                return own_connection(shared, dst, pins, handshake_timeout, probe)
+                                    .await
+                            }
+                        },
+                    };
                 }
-                Err(StreamError::Hyper(err)) if attempt == 0 => {
-                    // Closed under us (GOAWAY, reset): one fresh connection is worth a try.
-                    debug!(%dst, error = %err, "pooled connection failed; reconnecting");
-                    self.forget(dst.ip(), conn.id).await;
+                StreamError::Misdirected(_) => {
+                    self.forget(addr.ip(), conn.id).await;
+                    return Err(ConnectError::StreamRefused {
+                        dst,
+                        why: format!("the peer at {addr} says the stream is not for it"),
+                    });
                 }
-                Err(StreamError::TimedOut) if attempt == 0 => {
-                    debug!(%dst, "pooled connection did not answer a stream request; reconnecting");
-                    self.forget(dst.ip(), conn.id).await;
+                StreamError::Stale | StreamError::Hyper(_) | StreamError::TimedOut if !retried => {
+                    // Stale on the peer's side, closed under us (GOAWAY, reset), or silent: one
+                    // fresh connection is worth a try.
+                    debug!(%dst, %addr, "pooled connection unusable; reconnecting");
+                    retried = true;
+                    self.forget(addr.ip(), conn.id).await;
                 }
-                Err(StreamError::TimedOut) => {
-                    self.forget(dst.ip(), conn.id).await;
+                StreamError::TimedOut => {
+                    self.forget(addr.ip(), conn.id).await;
                     return Err(ConnectError::StreamTimeout {
                         dst,
                         after: handshake_timeout,
                     });
                 }
-                Err(StreamError::Stale) => {
+                StreamError::Stale => {
                     return Err(ConnectError::StreamRefused {
                         dst,
                         why: "pooled connection stale twice".into(),
                     })
                 }
-                Err(StreamError::Refused(why)) => {
-                    return Err(ConnectError::StreamRefused { dst, why })
-                }
-                Err(StreamError::Hyper(err)) => {
-                    self.forget(dst.ip(), conn.id).await;
+                StreamError::Refused(why) => return Err(ConnectError::StreamRefused { dst, why }),
+                StreamError::Hyper(err) => {
+                    self.forget(addr.ip(), conn.id).await;
                     return Err(ConnectError::Pool { dst, err });
                 }
             }
         }
-        Err(ConnectError::StreamRefused {
-            dst,
-            why: "no usable pooled connection".into(),
-        })
+    }
+
+    /// The pod a virtual destination leads to for this connection; `None` (logged) when it
+    /// cannot be told, e.g. a backend without meshlet.
+    async fn locate(&self, shared: &Shared, dst: SocketAddr) -> Option<SocketAddr> {
+        match locate::locate(dst, shared.config.timeouts.connect).await {
+            Ok(pod) => Some(pod),
+            Err(e) => {
+                debug!(%dst, error = %e, "cannot locate the pod behind a virtual destination; connecting through it");
+                None
+            }
+        }
     }
 
     /// The live pooled connection to `dst`'s IP, opened when missing, dead or stale.
-    /// `Ok(Err(upstream))` when the peer chose the per-connection transport instead.
     async fn pooled(
         &self,
         shared: &Shared,
         dst: SocketAddr,
         handshake_timeout: Duration,
-    ) -> Result<Result<PooledConn, (Upstream, SpiffeId)>, ConnectError> {
+        probe: bool,
+    ) -> Result<Dialed, ConnectError> {
         let slot = self.slot(dst.ip());
         let mut guard = slot.lock().await;
         let generation = shared.store.generation();
         if let Some(conn) = guard.as_ref() {
             if !conn.sender.is_closed() && conn.generation == generation {
-                return Ok(Ok(conn.clone()));
+                return Ok(Dialed::Pooled(conn.clone()));
             }
         }
         *guard = None;
         // Boxed: dialing is rare and its state large; inline, it would size every app
         // connection's task.
-        let dialed = Box::pin(self.dial(shared, dst, handshake_timeout, generation)).await?;
-        if let Ok(pooled) = &dialed {
+        let dialed = Box::pin(self.dial(shared, dst, handshake_timeout, generation, probe)).await?;
+        if let Dialed::Pooled(pooled) = &dialed {
             *guard = Some(pooled.clone());
         }
         Ok(dialed)
@@ -195,12 +322,14 @@ impl Pool {
         dst: SocketAddr,
         handshake_timeout: Duration,
         generation: u64,
-    ) -> Result<Result<PooledConn, (Upstream, SpiffeId)>, ConnectError> {
+        probe: bool,
+    ) -> Result<Dialed, ConnectError> {
         let conn = connect_tls(
             shared,
             dst,
             shared.tls.client_mux.clone(),
             handshake_timeout,
+            probe,
         )
         .await?;
         if !conn.mux {
@@ -210,7 +339,7 @@ impl Pool {
                 }
                 m.insert(dst.ip(), ());
             }
-            return Ok(Err((Upstream::Tls(Box::new(conn.stream)), conn.peer)));
+            return Ok(Dialed::Own(Upstream::Tls(Box::new(conn.stream)), conn.peer));
         }
         let (sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
@@ -239,9 +368,10 @@ impl Pool {
             .inc();
         info!(%dst, %peer, "pooled connection to a peer proxy opened");
         static NEXT_ID: AtomicU64 = AtomicU64::new(1);
-        Ok(Ok(PooledConn {
+        Ok(Dialed::Pooled(PooledConn {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             sender,
+            dialed: dst,
             peer,
             generation,
         }))
@@ -250,6 +380,8 @@ impl Pool {
 
 enum StreamError {
     Stale,
+    /// The peer's pod does not have the named address; it says where the connection arrived.
+    Misdirected(Option<SocketAddr>),
     Refused(String),
     Hyper(hyper::Error),
     TimedOut,
@@ -271,6 +403,15 @@ async fn stream(
         StatusCode::OK => {}
         StatusCode::SERVICE_UNAVAILABLE if resp.headers().contains_key(RETRY_HEADER) => {
             return Err(StreamError::Stale)
+        }
+        StatusCode::MISDIRECTED_REQUEST => {
+            let reached = resp
+                .headers()
+                .get(REACHED_HEADER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<SocketAddr>().ok())
+                .filter(|r| r.is_ipv4() == dst.is_ipv4() && !r.ip().is_loopback());
+            return Err(StreamError::Misdirected(reached));
         }
         status => {
             let why = match status {

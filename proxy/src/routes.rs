@@ -31,8 +31,28 @@ pub struct Routes {
     entries: Vec<Entry>,
     default: Route,
     fallback_ttl: Duration,
-    /// Destinations found not to be meshlet proxies, until when.
-    plain_until: Mutex<HashMap<SocketAddr, Instant>>,
+    /// Destinations found not to be meshlet proxies: until when, and under which identity
+    /// generation (ours and our bundle's) the finding was made.
+    plain_until: Mutex<HashMap<SocketAddr, (Instant, u64)>>,
+    /// Destinations that proved to be meshlet proxies, until when.
+    mesh_until: Mutex<HashMap<SocketAddr, Instant>>,
+}
+
+/// How long a destination that proved to be a meshlet proxy is held to mTLS under `auto`.
+const MESH_TTL: Duration = Duration::from_secs(3600);
+
+fn remember(map: &Mutex<HashMap<SocketAddr, Instant>>, dst: SocketAddr, ttl: Duration) {
+    let Ok(mut map) = map.lock() else {
+        return;
+    };
+    let now = Instant::now();
+    if map.len() >= MAX_REMEMBERED {
+        map.retain(|_, until| *until > now);
+        if map.len() >= MAX_REMEMBERED {
+            map.clear();
+        }
+    }
+    map.insert(dst, now + ttl);
 }
 
 impl Routes {
@@ -67,6 +87,7 @@ impl Routes {
             },
             fallback_ttl: config.auto_fallback_ttl,
             plain_until: Mutex::new(HashMap::new()),
+            mesh_until: Mutex::new(HashMap::new()),
         })
     }
 
@@ -84,13 +105,14 @@ impl Routes {
             .unwrap_or(&self.default)
     }
 
-    /// Whether `auto` recently learned that `dst` is not a meshlet proxy.
-    pub fn known_plain(&self, dst: SocketAddr) -> bool {
+    /// Whether `auto` recently learned that `dst` is not a meshlet proxy. A finding made under
+    /// another identity or bundle (`generation`) is forgotten: the failure may have been ours.
+    pub fn known_plain(&self, dst: SocketAddr, generation: u64) -> bool {
         let Ok(mut map) = self.plain_until.lock() else {
             return false;
         };
         match map.get(&dst) {
-            Some(until) if *until > Instant::now() => true,
+            Some((until, made_in)) if *until > Instant::now() && *made_in == generation => true,
             Some(_) => {
                 map.remove(&dst);
                 false
@@ -99,18 +121,30 @@ impl Routes {
         }
     }
 
-    pub fn remember_plain(&self, dst: SocketAddr) {
+    pub fn remember_plain(&self, dst: SocketAddr, generation: u64) {
         let Ok(mut map) = self.plain_until.lock() else {
             return;
         };
         let now = Instant::now();
         if map.len() >= MAX_REMEMBERED {
-            map.retain(|_, until| *until > now);
+            map.retain(|_, (until, made_in)| *until > now && *made_in == generation);
             if map.len() >= MAX_REMEMBERED {
                 map.clear();
             }
         }
-        map.insert(dst, now + self.fallback_ttl);
+        map.insert(dst, (now + self.fallback_ttl, generation));
+    }
+
+    /// Whether `dst` recently proved to be a meshlet proxy.
+    pub fn known_mesh(&self, dst: SocketAddr) -> bool {
+        self.mesh_until
+            .lock()
+            .map(|m| m.get(&dst).is_some_and(|until| *until > Instant::now()))
+            .unwrap_or(false)
+    }
+
+    pub fn remember_mesh(&self, dst: SocketAddr) {
+        remember(&self.mesh_until, dst, MESH_TTL);
     }
 }
 
@@ -152,11 +186,30 @@ mod tests {
     fn auto_fallbacks_are_remembered_per_destination_until_the_ttl() {
         let r = routes("outbound:\n  auto_fallback_ttl: 1s\n");
         let a: SocketAddr = "198.18.0.1:80".parse().unwrap();
-        assert!(!r.known_plain(a));
-        r.remember_plain(a);
-        assert!(r.known_plain(a));
-        assert!(!r.known_plain("198.18.0.1:81".parse().unwrap()));
+        assert!(!r.known_plain(a, 1));
+        r.remember_plain(a, 1);
+        assert!(r.known_plain(a, 1));
+        assert!(!r.known_plain("198.18.0.1:81".parse().unwrap(), 1));
         std::thread::sleep(Duration::from_millis(1100));
-        assert!(!r.known_plain(a));
+        assert!(!r.known_plain(a, 1));
+    }
+
+    #[test]
+    fn a_fallback_is_forgotten_when_our_identity_or_bundle_changes() {
+        let r = routes("");
+        let a: SocketAddr = "198.18.0.1:80".parse().unwrap();
+        r.remember_plain(a, 1);
+
+        assert!(!r.known_plain(a, 2));
+        assert!(!r.known_plain(a, 1), "forgotten, not merely hidden");
+    }
+
+    #[test]
+    fn a_proven_meshlet_peer_is_remembered() {
+        let r = routes("");
+        let a: SocketAddr = "198.18.0.1:80".parse().unwrap();
+        assert!(!r.known_mesh(a));
+        r.remember_mesh(a);
+        assert!(r.known_mesh(a));
     }
 }
