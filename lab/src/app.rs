@@ -49,6 +49,9 @@ enum AppCommand {
         /// one JSON object per response: {"status": N, "body": "..."}
         #[arg(long)]
         json: bool,
+        /// request the paths this many times, each time over a new connection
+        #[arg(long, default_value_t = 1)]
+        connections: usize,
         paths: Vec<String>,
     },
     /// Accepts connections and prints each one's original destination (SO_ORIGINAL_DST), to
@@ -80,12 +83,20 @@ pub fn run(args: AppArgs) -> anyhow::Result<()> {
                 header,
                 timeout,
                 json,
+                connections,
                 paths,
             } => {
                 let timeout = parse_secs(&timeout)?;
-                let results = tokio::time::timeout(timeout, get(addr, &method, &header, &paths))
-                    .await
-                    .with_context(|| format!("no answer from {addr} within {timeout:?}"))??;
+                let mut results = Vec::new();
+                for _ in 0..connections {
+                    results.extend(
+                        tokio::time::timeout(timeout, get(addr, &method, &header, &paths))
+                            .await
+                            .with_context(|| {
+                                format!("no answer from {addr} within {timeout:?}")
+                            })??,
+                    );
+                }
                 for (status, body) in results {
                     if json {
                         println!("{}", serde_json::json!({"status": status, "body": body}));

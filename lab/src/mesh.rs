@@ -150,6 +150,30 @@ impl Mesh {
         self.request(from, addr, "GET", &[], paths)
     }
 
+    /// Requests `paths` from inside `from` `n` times, each time over a new connection.
+    pub fn get_each_new(
+        &self,
+        from: &Pod,
+        addr: SocketAddr,
+        n: usize,
+        paths: &[&str],
+    ) -> anyhow::Result<Vec<Reply>> {
+        let mut cmd = self.lab.cmd(from, &self.exe);
+        cmd.args([
+            "demo-app",
+            "get",
+            "--json",
+            "--connections",
+            &n.to_string(),
+            "--addr",
+            &addr.to_string(),
+            "--",
+        ])
+        .args(paths);
+        let out = run(&mut cmd)?;
+        parse_replies(&String::from_utf8_lossy(&out.stdout))
+    }
+
     pub fn request(
         &self,
         from: &Pod,

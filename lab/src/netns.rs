@@ -443,3 +443,152 @@ impl Drop for Capture {
 pub fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     !needle.is_empty() && haystack.windows(needle.len()).any(|w| w == needle)
 }
+
+/// The bridge namespace as a Kubernetes node: it routes, and translates Service addresses the
+/// way kube-proxy's iptables mode does (DNAT to one backend per connection, chosen at random,
+/// and masquerade so that replies come back through the node).
+pub const NODE_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 254);
+
+impl Lab {
+    /// Makes the bridge namespace a routing node at [`NODE_IP`] and gives every pod a route to
+    /// `vip` through it. Idempotent per address.
+    fn route_through_node(&self, vip: Ipv4Addr) -> anyhow::Result<()> {
+        let br = &self.bridge_ns;
+        let has_addr = run(Command::new("ip").args(["-n", br, "-4", "addr", "show", "dev", "br0"]))
+            .map(|o| String::from_utf8_lossy(&o.stdout).contains(&NODE_IP.to_string()))?;
+        if !has_addr {
+            ip(&[
+                "-n",
+                br,
+                "addr",
+                "add",
+                &format!("{NODE_IP}/24"),
+                "dev",
+                "br0",
+            ])?;
+            run(Command::new("ip").args([
+                "netns",
+                "exec",
+                br,
+                "sysctl",
+                "-qw",
+                "net.ipv4.ip_forward=1",
+            ]))?;
+            run(Command::new("ip").args([
+                "netns",
+                "exec",
+                br,
+                "iptables",
+                "-t",
+                "nat",
+                "-A",
+                "POSTROUTING",
+                "-m",
+                "conntrack",
+                "--ctstate",
+                "DNAT",
+                "-m",
+                "comment",
+                "--comment",
+                "kube-proxy-like masquerade",
+                "-j",
+                "MASQUERADE",
+            ]))?;
+        }
+        for pod in &self.pods {
+            run(Command::new("ip").args([
+                "-n",
+                &pod.ns,
+                "route",
+                "replace",
+                &format!("{vip}/32"),
+                "via",
+                &NODE_IP.to_string(),
+            ]))?;
+        }
+        Ok(())
+    }
+
+    /// Publishes a Service at `vip:port` on the node, balanced over `backends` (pod address and
+    /// target port) as kube-proxy does; calling it again replaces the backends.
+    pub fn set_service(
+        &self,
+        vip: Ipv4Addr,
+        port: u16,
+        backends: &[(Ipv4Addr, u16)],
+    ) -> anyhow::Result<()> {
+        self.route_through_node(vip)?;
+        let chain = format!("SVC-{}-{port}", u32::from(vip) & 0xffff);
+        let ipt = |args: &[&str]| -> anyhow::Result<()> {
+            run(Command::new("ip")
+                .args(["netns", "exec", &self.bridge_ns, "iptables", "-t", "nat"])
+                .args(args))
+            .map(|_| ())
+        };
+        if ipt(&["-N", &chain]).is_ok() {
+            ipt(&[
+                "-A",
+                "PREROUTING",
+                "-d",
+                &format!("{vip}/32"),
+                "-p",
+                "tcp",
+                "--dport",
+                &port.to_string(),
+                "-j",
+                &chain,
+            ])?;
+        } else {
+            ipt(&["-F", &chain])?;
+        }
+        let n = backends.len();
+        for (i, (ip, target)) in backends.iter().enumerate() {
+            let to = format!("{ip}:{target}");
+            let left = n - i;
+            if left > 1 {
+                let p = format!("{:.5}", 1.0 / left as f64);
+                ipt(&[
+                    "-A",
+                    &chain,
+                    "-p",
+                    "tcp",
+                    "-m",
+                    "statistic",
+                    "--mode",
+                    "random",
+                    "--probability",
+                    &p,
+                    "-j",
+                    "DNAT",
+                    "--to-destination",
+                    &to,
+                ])?;
+            } else {
+                ipt(&[
+                    "-A",
+                    &chain,
+                    "-p",
+                    "tcp",
+                    "-j",
+                    "DNAT",
+                    "--to-destination",
+                    &to,
+                ])?;
+            }
+        }
+        if n == 0 {
+            ipt(&[
+                "-A",
+                &chain,
+                "-p",
+                "tcp",
+                "-j",
+                "REJECT",
+                "--reject-with",
+                "tcp-reset",
+            ])
+            .or_else(|_| ipt(&["-A", &chain, "-p", "tcp", "-j", "DROP"]))?;
+        }
+        Ok(())
+    }
+}

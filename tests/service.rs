@@ -1,0 +1,235 @@
+//! Calls to a Service address, as in a cluster: the node DNATs each connection to one backend
+//! pod (kube-proxy's iptables mode, imitated in the lab's node namespace), often on another
+//! port. Both transports must give each app connection the backend the node chose.
+
+mod common;
+
+use std::net::{Ipv4Addr, SocketAddr};
+
+use common::*;
+use meshlet_lab::mesh::Reply;
+
+const WORKER: &str = "/ns/default/sa/pod-worker";
+const ECHO: &str = "/ns/default/sa/echo";
+const VIP: Ipv4Addr = Ipv4Addr::new(198, 18, 9, 10);
+
+struct Cluster {
+    mesh: Mesh,
+    client: Pod,
+    backends: Vec<Pod>,
+}
+
+/// A client pod and two backend pods, all meshed with `proxy_yaml`; the backends serve HTTP
+/// on 8080 and echo on 9000; Service VIP:80 → 8080 and VIP:9000 → 9000.
+fn cluster(name: &str, proxy_yaml: &str) -> Cluster {
+    let mut mesh = Mesh::new(name, exe()).unwrap();
+    let client = mesh.lab.add_pod("client", 1).unwrap();
+    let backends = vec![
+        mesh.lab.add_pod("backend-a", 21).unwrap(),
+        mesh.lab.add_pod("backend-b", 22).unwrap(),
+    ];
+    let dir = mesh.issue(&client, WORKER).unwrap();
+    mesh.init(&client, &[]).unwrap();
+    mesh.start_proxy(&client, &dir, proxy_yaml).unwrap();
+    for b in &backends {
+        let dir = mesh.issue(b, ECHO).unwrap();
+        mesh.init(b, &[]).unwrap();
+        mesh.start_proxy(b, &dir, proxy_yaml).unwrap();
+        mesh.start_app(b, 8080).unwrap();
+        mesh.start_echo(b, 9000).unwrap();
+    }
+    let targets = |port| backends.iter().map(|b| (b.ip, port)).collect::<Vec<_>>();
+    mesh.lab.set_service(VIP, 80, &targets(8080)).unwrap();
+    mesh.lab.set_service(VIP, 9000, &targets(9000)).unwrap();
+    Cluster {
+        mesh,
+        client,
+        backends,
+    }
+}
+
+/// How many of `replies` each backend answered; fails on any reply that is not a 200.
+fn shares(replies: &[Reply]) -> (usize, usize) {
+    let mut a = 0;
+    let mut b = 0;
+    for r in replies {
+        assert_eq!(r.status, 200, "{}", r.body);
+        if r.body.contains("hello from backend-a") {
+            a += 1;
+        } else if r.body.contains("hello from backend-b") {
+            b += 1;
+        } else {
+            panic!("answered by neither backend: {}", r.body);
+        }
+    }
+    (a, b)
+}
+
+fn service_calls_reach_both_backends(name: &str, proxy_yaml: &str) {
+    let c = cluster(name, proxy_yaml);
+    let svc = SocketAddr::from((VIP, 80));
+
+    let replies = c.mesh.get_each_new(&c.client, svc, 40, &["/svc"]).unwrap();
+
+    assert_eq!(replies.len(), 40, "every call answered");
+    let (a, b) = shares(&replies);
+    // Binomial(40, 1/2): below 8 on either side has a probability of about 1e-5.
+    assert!(
+        a >= 8 && b >= 8,
+        "balancing lost: backend-a {a}, backend-b {b}"
+    );
+    // A long session through the Service address, both ways.
+    c.mesh
+        .echo_roundtrip(&c.client, SocketAddr::from((VIP, 9000)), 16 * 1024 * 1024)
+        .unwrap();
+}
+
+#[test]
+fn service_calls_are_balanced_over_the_backends_with_the_pooled_transport() {
+    if !root_or_skip("service_calls_are_balanced_over_the_backends_with_the_pooled_transport") {
+        return;
+    }
+    service_calls_reach_both_backends("svcpooled", "");
+}
+
+#[test]
+fn service_calls_are_balanced_over_the_backends_with_a_connection_each() {
+    if !root_or_skip("service_calls_are_balanced_over_the_backends_with_a_connection_each") {
+        return;
+    }
+    service_calls_reach_both_backends("svcpercon", "outbound:\n  transport: per_connection\n");
+}
+
+#[test]
+fn a_backend_that_goes_away_only_takes_its_own_connections() {
+    if !root_or_skip("a_backend_that_goes_away_only_takes_its_own_connections") {
+        return;
+    }
+    let mut c = cluster("svcgone", "");
+    let svc = SocketAddr::from((VIP, 80));
+    let (a, b) = shares(
+        &c.mesh
+            .get_each_new(&c.client, svc, 20, &["/before"])
+            .unwrap(),
+    );
+    assert!(a > 0 && b > 0, "both in use before: {a} / {b}");
+
+    // backend-b is deleted: the endpoint leaves the Service, the pod's processes stop.
+    let gone = c.backends.remove(1);
+    c.mesh
+        .lab
+        .set_service(VIP, 80, &[(c.backends[0].ip, 8080)])
+        .unwrap();
+    c.mesh
+        .lab
+        .stop(
+            &format!("proxy-{}", gone.name),
+            std::time::Duration::from_secs(3),
+        )
+        .unwrap();
+    let replies = c
+        .mesh
+        .get_each_new(&c.client, svc, 20, &["/after"])
+        .unwrap();
+
+    let (a, b) = shares(&replies);
+    assert_eq!(
+        (a, b),
+        (20, 0),
+        "every call answered, by the backend that is left"
+    );
+}
+
+#[test]
+fn the_inbound_side_never_relays_to_an_address_that_is_not_its_pods() {
+    if !root_or_skip("the_inbound_side_never_relays_to_an_address_that_is_not_its_pods") {
+        return;
+    }
+    let mut mesh = Mesh::new("forged", exe()).unwrap();
+    let pooled = mesh.lab.add_pod("pooled", 1).unwrap();
+    let echo = mesh.lab.add_pod("echo", 2).unwrap();
+    let third = mesh.lab.add_pod("third", 3).unwrap();
+    let per_conn = mesh.lab.add_pod("perconn", 4).unwrap();
+    for (pod, path, yaml) in [
+        (&pooled, WORKER, ""),
+        (
+            &per_conn,
+            WORKER,
+            "outbound:\n  transport: per_connection\n",
+        ),
+        (&echo, ECHO, ""),
+    ] {
+        let dir = mesh.issue(pod, path).unwrap();
+        mesh.init(pod, &[]).unwrap();
+        mesh.start_proxy(pod, &dir, yaml).unwrap();
+    }
+    mesh.start_app(&echo, 8080).unwrap();
+    mesh.start_app(&third, 8080).unwrap();
+    // 198.18.1.99 is the third pod's; the callers are told to reach it through the echo pod.
+    let hidden = "198.18.1.99";
+    let sh = |pod: &Pod, args: &[&str]| run(mesh.lab.cmd(pod, "ip").args(args)).unwrap();
+    sh(
+        &third,
+        &["addr", "add", &format!("{hidden}/32"), "dev", "eth0"],
+    );
+    sh(
+        &echo,
+        &[
+            "route",
+            "add",
+            &format!("{hidden}/32"),
+            "via",
+            &third.ip.to_string(),
+        ],
+    );
+    for caller in [&pooled, &per_conn] {
+        sh(
+            caller,
+            &[
+                "route",
+                "add",
+                &format!("{hidden}/32"),
+                "via",
+                &echo.ip.to_string(),
+            ],
+        );
+    }
+    // Capture rules without the LOCAL match, as an older init or a hand-made rule set has:
+    // only the proxy's own check stands in the way.
+    run(mesh.lab.cmd(&echo, "iptables").args([
+        "-t",
+        "nat",
+        "-I",
+        "PREROUTING",
+        "1",
+        "-p",
+        "tcp",
+        "-d",
+        hidden,
+        "-j",
+        "MESHLET_INBOUND",
+    ]))
+    .unwrap();
+    let target: SocketAddr = format!("{hidden}:8080").parse().unwrap();
+
+    for caller in [&pooled, &per_conn] {
+        let got = mesh.get(caller, target, &["/via-echo"]);
+
+        assert!(
+            got.as_ref()
+                .map_or(true, |r| r.iter().all(|r| r.status != 200)),
+            "{}: the echo pod relayed to another pod: {got:?}",
+            caller.name
+        );
+    }
+    let echo_log = std::fs::read_to_string(mesh.dir.join("echo/proxy.log")).unwrap();
+    for caller in [&pooled, &per_conn] {
+        assert!(
+            echo_log.lines().any(|l| l.contains("foreign_target")
+                && l.contains(hidden)
+                && l.contains(&format!("{}:", caller.ip))),
+            "{}'s refusal is logged with its reason: {echo_log}",
+            caller.name
+        );
+    }
+}
