@@ -21,6 +21,12 @@ Metrics: keep-alive requests/s and p50/p99 (wrk, 50 connections), new connection
 the keep-alive run), proxy RSS idle and after load, and memory per idle connection (N idle
 connections held through the pair).
 
+Second topology, `svc:` scenarios (as in a cluster): the pods hang off a routing "node" namespace
+that publishes a Service address 198.18.9.10 the way kube-proxy's iptables mode does (DNAT per
+connection to one of two server pods 198.18.0.2 and 198.18.0.3, chosen at random, masquerade).
+The client calls 198.18.9.10:80, translated to port 8080 of a backend; the tunnels' client side
+connects to 198.18.9.10:18443. Every server pod runs its own app, iperf3 and server-side proxy.
+
 Run as root: `sudo bench/bench.py` (full), `bench/bench.py --smoke` (seconds, numbers not judged).
 Writes bench/results/latest.json and prints a table.
 """
@@ -37,8 +43,23 @@ import sys
 import tempfile
 import time
 
-CLIENT, SERVER = "mlbench-client", "mlbench-server"
-CLIENT_IP, SERVER_IP = "198.18.0.1", "198.18.0.2"
+CLIENT, SERVER, SERVER2, NODE = "mlbench-client", "mlbench-server", "mlbench-server2", "mlbench-node"
+CLIENT_IP, SERVER_IP, SERVER2_IP, NODE_IP = "198.18.0.1", "198.18.0.2", "198.18.0.3", "198.18.0.254"
+VIP = "198.18.9.10"
+# (service port, target port): the app's Service maps 80 to 8080, as Services often do.
+SERVICE_PORTS = ((80, 8080), (5201, 5201), (18443, 18443), (15443, 15443))
+
+
+class Topo:
+    """Where the servers are and what the client calls, in one of the two topologies."""
+
+    def __init__(self, service):
+        self.service = service
+        self.servers = [(SERVER, SERVER_IP), (SERVER2, SERVER2_IP)] if service else [(SERVER, SERVER_IP)]
+        # The address the client side dials: a Service address, or the server pod itself.
+        self.host = VIP if service else SERVER_IP
+        self.app_port = 80 if service else 8080
+        self.prefix = "svc:" if service else ""
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Every process gets the hard limit on open files; a proxied connection holds two descriptors in
 # each proxy, so the idle-connection measurement is capped at about half of it.
@@ -134,19 +155,46 @@ class Procs:
                     pass
 
 
-def topology():
+def topology(topo):
     teardown()
-    sh("ip", "netns", "add", CLIENT)
-    sh("ip", "netns", "add", SERVER)
-    sh("ip", "-n", CLIENT, "link", "add", "eth0", "type", "veth", "peer", "name", "eth0", "netns", SERVER)
-    for name, ip in ((CLIENT, CLIENT_IP), (SERVER, SERVER_IP)):
+    if not topo.service:
+        sh("ip", "netns", "add", CLIENT)
+        sh("ip", "netns", "add", SERVER)
+        sh("ip", "-n", CLIENT, "link", "add", "eth0", "type", "veth", "peer", "name", "eth0", "netns", SERVER)
+        for name, ip in ((CLIENT, CLIENT_IP), (SERVER, SERVER_IP)):
+            sh("ip", "-n", name, "addr", "add", f"{ip}/24", "dev", "eth0")
+            sh("ip", "-n", name, "link", "set", "eth0", "up")
+            sh("ip", "-n", name, "link", "set", "lo", "up")
+        return
+    # The node: a bridge for the pods, an address they route the Service through, and
+    # kube-proxy's iptables-mode translation (random per connection, then masquerade).
+    sh("ip", "netns", "add", NODE)
+    sh("ip", "-n", NODE, "link", "set", "lo", "up")
+    sh("ip", "-n", NODE, "link", "add", "br0", "type", "bridge")
+    sh("ip", "-n", NODE, "addr", "add", f"{NODE_IP}/24", "dev", "br0")
+    sh("ip", "-n", NODE, "link", "set", "br0", "up")
+    ns(NODE, "sysctl", "-qw", "net.ipv4.ip_forward=1")
+    for i, (name, ip) in enumerate(((CLIENT, CLIENT_IP), (SERVER, SERVER_IP), (SERVER2, SERVER2_IP))):
+        sh("ip", "netns", "add", name)
+        sh("ip", "-n", NODE, "link", "add", f"p{i}", "type", "veth", "peer", "name", "eth0", "netns", name)
+        sh("ip", "-n", NODE, "link", "set", f"p{i}", "master", "br0", "up")
         sh("ip", "-n", name, "addr", "add", f"{ip}/24", "dev", "eth0")
         sh("ip", "-n", name, "link", "set", "eth0", "up")
         sh("ip", "-n", name, "link", "set", "lo", "up")
+        sh("ip", "-n", name, "route", "add", f"{VIP}/32", "via", NODE_IP)
+    rules = ["*nat"]
+    for port, target in SERVICE_PORTS:
+        chain = f"SVC-{port}"
+        rules += [f":{chain} - [0:0]",
+                  f"-A PREROUTING -d {VIP}/32 -p tcp --dport {port} -j {chain}",
+                  f"-A {chain} -p tcp -m statistic --mode random --probability 0.50000 -j DNAT --to-destination {SERVER_IP}:{target}",
+                  f"-A {chain} -p tcp -j DNAT --to-destination {SERVER2_IP}:{target}"]
+    rules += ["-A POSTROUTING -m conntrack --ctstate DNAT -j MASQUERADE", "COMMIT", ""]
+    ns(NODE, "iptables-restore", "--noflush", input="\n".join(rules))
 
 
 def teardown():
-    for name in (CLIENT, SERVER):
+    for name in (CLIENT, SERVER, SERVER2, NODE):
         pids = sh("ip", "netns", "pids", name, check=False).stdout.split()
         for pid in pids:
             sh("kill", "-9", pid, check=False)
@@ -164,10 +212,10 @@ def certificates(meshlet, d):
     os.chmod(d, 0o755)
 
 
-def nginx_app_conf(d):
+def nginx_app_conf(d, i):
     conf = f"""worker_processes 1;
 worker_rlimit_nofile 200000;
-pid {d}/nginx-app.pid;
+pid {d}/nginx-app{i}.pid;
 error_log {d}/nginx-app.err;
 events {{ worker_connections 60000; }}
 http {{
@@ -179,7 +227,7 @@ http {{
 }}
 """
     os.makedirs(f"{d}/tmp", exist_ok=True)
-    path = f"{d}/nginx-app.conf"
+    path = f"{d}/nginx-app{i}.conf"
     open(path, "w").write(conf)
     return path
 
@@ -189,13 +237,13 @@ http {{
 MAPS = ((18080, 18443, 8080), (15201, 15443, 5201))
 
 
-def haproxy_confs(d):
+def haproxy_confs(d, host):
     head = "global\n  nbthread 1\n  maxconn 9000\n  ssl-default-bind-options ssl-min-ver TLSv1.3\n  ssl-default-server-options ssl-min-ver TLSv1.3\ndefaults\n  mode tcp\n  timeout connect 5s\n  timeout client 5m\n  timeout server 5m\n  maxconn 9000\n"
     client, server = head, head
     for local, tls, app in MAPS:
         client += (f"frontend f{local}\n  bind 127.0.0.1:{local}\n  default_backend b{local}\n"
-                   f"backend b{local}\n  server s {SERVER_IP}:{tls} ssl crt {d}/client/both.pem ca-file {d}/ca/ca.crt verify required verifyhost server.bench\n")
-        server += (f"frontend f{tls}\n  bind {SERVER_IP}:{tls} ssl crt {d}/server/both.pem ca-file {d}/ca/ca.crt verify required\n  default_backend b{tls}\n"
+                   f"backend b{local}\n  server s {host}:{tls} ssl crt {d}/client/both.pem ca-file {d}/ca/ca.crt verify required verifyhost server.bench\n")
+        server += (f"frontend f{tls}\n  bind 0.0.0.0:{tls} ssl crt {d}/server/both.pem ca-file {d}/ca/ca.crt verify required\n  default_backend b{tls}\n"
                    f"backend b{tls}\n  server a 127.0.0.1:{app}\n")
     open(f"{d}/haproxy-client.cfg", "w").write(client)
     open(f"{d}/haproxy-server.cfg", "w").write(server)
@@ -205,36 +253,36 @@ def haproxy_confs(d):
     client, server = head, head
     for local, tls, app in MAPS:
         client += (f"frontend f{local}\n  bind 127.0.0.1:{local}\n  default_backend b{local}\n"
-                   f"backend b{local}\n  server s {SERVER_IP}:{tls}\n")
-        server += (f"frontend f{tls}\n  bind {SERVER_IP}:{tls}\n  default_backend b{tls}\n"
+                   f"backend b{local}\n  server s {host}:{tls}\n")
+        server += (f"frontend f{tls}\n  bind 0.0.0.0:{tls}\n  default_backend b{tls}\n"
                    f"backend b{tls}\n  server a 127.0.0.1:{app}\n")
     open(f"{d}/relay-client.cfg", "w").write(client)
     open(f"{d}/relay-server.cfg", "w").write(server)
 
 
-def nginx_stream_confs(d):
+def nginx_stream_confs(d, host):
     head = (f"load_module /usr/lib/nginx/modules/ngx_stream_module.so;\nworker_processes 1;\nworker_rlimit_nofile 200000;\n"
             f"events {{ worker_connections 60000; }}\n")
     client = head + f"pid {d}/ngx-client.pid;\nerror_log {d}/ngx-client.err;\nstream {{\n"
     server = head + f"pid {d}/ngx-server.pid;\nerror_log {d}/ngx-server.err;\nstream {{\n"
     for local, tls, app in MAPS:
-        client += (f"  server {{ listen 127.0.0.1:{local}; proxy_pass {SERVER_IP}:{tls}; proxy_ssl on;\n"
+        client += (f"  server {{ listen 127.0.0.1:{local}; proxy_pass {host}:{tls}; proxy_ssl on;\n"
                    f"    proxy_ssl_protocols TLSv1.3; proxy_ssl_certificate {d}/client/tls.crt; proxy_ssl_certificate_key {d}/client/tls.key;\n"
                    f"    proxy_ssl_trusted_certificate {d}/ca/ca.crt; proxy_ssl_verify on; proxy_ssl_name server.bench; }}\n")
-        server += (f"  server {{ listen {SERVER_IP}:{tls} ssl; ssl_protocols TLSv1.3;\n"
+        server += (f"  server {{ listen 0.0.0.0:{tls} ssl; ssl_protocols TLSv1.3;\n"
                    f"    ssl_certificate {d}/server/tls.crt; ssl_certificate_key {d}/server/tls.key;\n"
                    f"    ssl_client_certificate {d}/ca/ca.crt; ssl_verify_client on; proxy_pass 127.0.0.1:{app}; }}\n")
     open(f"{d}/ngx-client.conf", "w").write(client + "}\n")
     open(f"{d}/ngx-server.conf", "w").write(server + "}\n")
 
 
-def stunnel_confs(d):
+def stunnel_confs(d, host):
     client = f"foreground = yes\npid =\nsslVersionMin = TLSv1.3\n"
     server = client
     for local, tls, app in MAPS:
-        client += (f"[c{local}]\nclient = yes\naccept = 127.0.0.1:{local}\nconnect = {SERVER_IP}:{tls}\n"
+        client += (f"[c{local}]\nclient = yes\naccept = 127.0.0.1:{local}\nconnect = {host}:{tls}\n"
                    f"cert = {d}/client/tls.crt\nkey = {d}/client/tls.key\nCAfile = {d}/ca/ca.crt\nverifyChain = yes\ncheckHost = server.bench\n")
-        server += (f"[s{tls}]\naccept = {SERVER_IP}:{tls}\nconnect = 127.0.0.1:{app}\n"
+        server += (f"[s{tls}]\naccept = 0.0.0.0:{tls}\nconnect = 127.0.0.1:{app}\n"
                    f"cert = {d}/server/tls.crt\nkey = {d}/server/tls.key\nCAfile = {d}/ca/ca.crt\nverifyChain = yes\nrequireCert = yes\n")
     open(f"{d}/stunnel-client.conf", "w").write(client)
     open(f"{d}/stunnel-server.conf", "w").write(server)
@@ -255,35 +303,44 @@ def meshlet_conf(d, who, transport):
     return path
 
 
-def start_pair(kind, procs, d, meshlet):
+def start_pair(kind, procs, d, meshlet, topo):
     """Starts the proxies of `kind`; returns (http target, iperf target host, iperf port, names)."""
     if kind == "direct":
-        return f"{SERVER_IP}:8080", SERVER_IP, 5201, []
+        return f"{topo.host}:{topo.app_port}", topo.host, 5201, []
+    servers = [(f"{kind}-server{i or ''}", netns, ip) for i, (netns, ip) in enumerate(topo.servers)]
     if kind.startswith("meshlet"):
         # "meshlet": the default pooled transport; "meshlet-per-connection": one mTLS connection
         # each; "meshlet-plain": the same capture and relaying without TLS (a floor, not a mode
         # anyone should run).
         transport = {"meshlet-per-connection": "per_connection", "meshlet-plain": "plain"}.get(kind, "pooled")
-        for who, netns in (("client", CLIENT), ("server", SERVER)):
+        names = []
+        for name, netns, who in [("meshlet-client", CLIENT, "client")] + [(n, netns, "server") for n, netns, _ in servers]:
             ns(netns, meshlet, "init")
-            procs.start(f"meshlet-{who}", ["setpriv", "--reuid=1337", "--regid=1337", "--clear-groups",
-                                           meshlet, "proxy", "--config", meshlet_conf(d, who, transport)], netns=netns)
-        for netns in (CLIENT, SERVER):
+            procs.start(name, ["setpriv", "--reuid=1337", "--regid=1337", "--clear-groups",
+                               meshlet, "proxy", "--config", meshlet_conf(d, who, transport)], netns=netns)
+            names.append(name)
+        for netns in [CLIENT] + [netns for _, netns, _ in servers]:
             wait_ready(netns)
-        return f"{SERVER_IP}:8080", SERVER_IP, 5201, ["meshlet-client", "meshlet-server"]
-    if kind == "relay":
-        procs.start("relay-server", ["haproxy", "-db", "-f", f"{d}/relay-server.cfg"], netns=SERVER, wait_port=(SERVER_IP, 18443))
-        procs.start("relay-client", ["haproxy", "-db", "-f", f"{d}/relay-client.cfg"], netns=CLIENT, wait_port=("127.0.0.1", 18080))
-    elif kind == "haproxy":
-        procs.start("haproxy-server", ["haproxy", "-db", "-f", f"{d}/haproxy-server.cfg"], netns=SERVER, wait_port=(SERVER_IP, 18443))
-        procs.start("haproxy-client", ["haproxy", "-db", "-f", f"{d}/haproxy-client.cfg"], netns=CLIENT, wait_port=("127.0.0.1", 18080))
-    elif kind == "nginx":
-        procs.start("nginx-server", ["nginx", "-p", d, "-c", f"{d}/ngx-server.conf", "-g", "daemon off;"], netns=SERVER, wait_port=(SERVER_IP, 18443))
-        procs.start("nginx-client", ["nginx", "-p", d, "-c", f"{d}/ngx-client.conf", "-g", "daemon off;"], netns=CLIENT, wait_port=("127.0.0.1", 18080))
-    elif kind == "stunnel":
-        procs.start("stunnel-server", ["stunnel", f"{d}/stunnel-server.conf"], netns=SERVER, wait_port=(SERVER_IP, 18443))
-        procs.start("stunnel-client", ["stunnel", f"{d}/stunnel-client.conf"], netns=CLIENT, wait_port=("127.0.0.1", 18080))
-    return "127.0.0.1:18080", "127.0.0.1", 15201, [f"{kind}-client", f"{kind}-server"]
+        return f"{topo.host}:{topo.app_port}", topo.host, 5201, names
+    haproxy_confs(d, topo.host)
+    nginx_stream_confs(d, topo.host)
+    stunnel_confs(d, topo.host)
+    for i, (name, netns, ip) in enumerate(servers):
+        if kind in ("relay", "haproxy"):
+            args = ["haproxy", "-db", "-f", f"{d}/{kind}-server.cfg"]
+        elif kind == "nginx":
+            conf = f"{d}/ngx-server{i}.conf"
+            open(conf, "w").write(open(f"{d}/ngx-server.conf").read().replace("ngx-server.pid", f"ngx-server{i}.pid"))
+            args = ["nginx", "-p", d, "-c", conf, "-g", "daemon off;"]
+        else:
+            args = ["stunnel", f"{d}/stunnel-server.conf"]
+        procs.start(name, args, netns=netns, wait_port=(ip, 18443))
+    client = {"relay": ["haproxy", "-db", "-f", f"{d}/relay-client.cfg"],
+              "haproxy": ["haproxy", "-db", "-f", f"{d}/haproxy-client.cfg"],
+              "nginx": ["nginx", "-p", d, "-c", f"{d}/ngx-client.conf", "-g", "daemon off;"],
+              "stunnel": ["stunnel", f"{d}/stunnel-client.conf"]}[kind]
+    procs.start(f"{kind}-client", client, netns=CLIENT, wait_port=("127.0.0.1", 18080))
+    return "127.0.0.1:18080", "127.0.0.1", 15201, [f"{kind}-client"] + [n for n, _, _ in servers]
 
 
 def stop_pair(procs, names):
@@ -376,8 +433,8 @@ def idle_memory(procs, names, target, n, d):
     return {"connections": opened, "kb_per_connection": (after - before) / opened if opened else None}
 
 
-def run_scenario(kind, procs, d, meshlet, secs, conns, idle_n):
-    target, ihost, iport, names = start_pair(kind, procs, d, meshlet)
+def run_scenario(kind, procs, d, meshlet, secs, conns, idle_n, topo):
+    target, ihost, iport, names = start_pair(kind, procs, d, meshlet, topo)
     r = {}
     wrk(target, 1, 4)  # warm-up
     r["rss_idle_kb"] = procs.memory_kb(names)
@@ -434,6 +491,8 @@ def main():
     ap.add_argument("--idle", type=int, default=10000, help="idle connections for the memory measurement")
     ap.add_argument("--runs", type=int, default=1, help="repeat every scenario; the table shows medians")
     ap.add_argument("--only", default="direct,relay,meshlet-plain,meshlet,meshlet-per-connection,haproxy,nginx,stunnel")
+    ap.add_argument("--topologies", default="pods,service",
+                    help="pods: client calls the server pod; service: client calls a Service address DNATed by a node to two server pods")
     ap.add_argument("--meshlet", default=os.path.join(ROOT, "target/release/meshlet"))
     ap.add_argument("--out", default=os.path.join(ROOT, "bench/results/latest.json"))
     a = ap.parse_args()
@@ -455,21 +514,23 @@ def main():
     runs, results = {}, {}
     try:
         certificates(a.meshlet, d)
-        haproxy_confs(d)
-        nginx_stream_confs(d)
-        stunnel_confs(d)
         # Runs are interleaved (every scenario once, then again) so that a slow period of the
         # machine does not land on one scenario only; the table shows medians.
         for run in range(a.runs):
-            for kind in a.only.split(","):
-                print(f"== {kind} (run {run + 1}/{a.runs})", file=sys.stderr, flush=True)
-                # Fresh namespaces per scenario: connection-tracking entries left by one scenario
-                # must not steer the next one's connections past (or into) its NAT rules.
-                topology()
-                procs.start("app", ["nginx", "-p", d, "-c", nginx_app_conf(d), "-g", "daemon off;"], netns=SERVER, wait_port=(SERVER_IP, 8080))
-                procs.start("iperf3", ["iperf3", "-s", "-p", "5201"], netns=SERVER, wait_port=(SERVER_IP, 5201))
-                runs.setdefault(kind, []).append(run_scenario(kind, procs, d, a.meshlet, a.seconds, a.connections, a.idle))
-                procs.stop(["app", "iperf3"])
+            for topo in [Topo(t == "service") for t in a.topologies.split(",")]:
+                for kind in a.only.split(","):
+                    label = topo.prefix + kind
+                    print(f"== {label} (run {run + 1}/{a.runs})", file=sys.stderr, flush=True)
+                    # Fresh namespaces per scenario: connection-tracking entries left by one scenario
+                    # must not steer the next one's connections past (or into) its NAT rules.
+                    topology(topo)
+                    backends = []
+                    for i, (netns, ip) in enumerate(topo.servers):
+                        backends += [f"app{i}", f"iperf3-{i}"]
+                        procs.start(f"app{i}", ["nginx", "-p", d, "-c", nginx_app_conf(d, i), "-g", "daemon off;"], netns=netns, wait_port=(ip, 8080))
+                        procs.start(f"iperf3-{i}", ["iperf3", "-s", "-p", "5201"], netns=netns, wait_port=(ip, 5201))
+                    runs.setdefault(label, []).append(run_scenario(kind, procs, d, a.meshlet, a.seconds, a.connections, a.idle, topo))
+                    procs.stop(backends)
         results = {kind: median(rs) for kind, rs in runs.items()}
     finally:
         procs.stop()

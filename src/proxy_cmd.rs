@@ -46,6 +46,8 @@ pub fn run(args: ProxyArgs) -> Result<(), Failure> {
     .map_err(|e| Failure::Runtime(format!("cannot start the runtime: {e}")))?;
 
     runtime.block_on(async move {
+        // Before anything can announce readiness: see `termination_signal`.
+        let mut stop = Box::pin(meshlet_proxy::termination_signal());
         let trust_domain = config.trust_domain.clone();
         let files = config.identity_files();
         // The identity first: from the SPIRE agent (waiting for it) or from files.
@@ -53,7 +55,7 @@ pub fn run(args: ProxyArgs) -> Result<(), Failure> {
             Some(socket) => {
                 let first = tokio::select! {
                     first = spire::first_identity(socket, &trust_domain) => first,
-                    _ = meshlet_proxy::termination_signal() => return Ok(()),
+                    _ = stop.as_mut() => return Ok(()),
                 };
                 (Arc::new(IdentityStore::new(first.0)), Some(first.1))
             }
@@ -76,7 +78,7 @@ pub fn run(args: ProxyArgs) -> Result<(), Failure> {
         };
         let shared = running.shared.clone();
         tokio::spawn(async move {
-            meshlet_proxy::termination_signal().await;
+            stop.await;
             shared.begin_shutdown();
         });
         running.wait().await;

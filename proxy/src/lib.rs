@@ -263,19 +263,24 @@ impl Running {
     }
 }
 
-/// Resolves after SIGTERM or SIGINT, or never if the handlers cannot be installed.
-pub async fn termination_signal() {
+/// Resolves after SIGTERM or SIGINT, or never if the handlers cannot be installed. The handlers
+/// are installed when this is called, not when the future is first polled: call it before
+/// announcing readiness, or a prompt SIGTERM would find the default action (exit at once).
+pub fn termination_signal() -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (
+    let handlers = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
-    ) else {
-        warn!("cannot install signal handlers; stop with POST /shutdown");
-        std::future::pending::<()>().await;
-        return;
-    };
-    tokio::select! {
-        _ = term.recv() => info!("SIGTERM received"),
-        _ = int.recv() => info!("SIGINT received"),
+    );
+    async move {
+        let (Ok(mut term), Ok(mut int)) = handlers else {
+            warn!("cannot install signal handlers; stop with POST /shutdown");
+            std::future::pending::<()>().await;
+            return;
+        };
+        tokio::select! {
+            _ = term.recv() => info!("SIGTERM received"),
+            _ = int.recv() => info!("SIGINT received"),
+        }
     }
 }
