@@ -25,7 +25,9 @@ Second topology, `svc:` scenarios (as in a cluster): the pods hang off a routing
 that publishes a Service address 198.18.9.10 the way kube-proxy's iptables mode does (DNAT per
 connection to one of two server pods 198.18.0.2 and 198.18.0.3, chosen at random, masquerade).
 The client calls 198.18.9.10:80, translated to port 8080 of a backend; the tunnels' client side
-connects to 198.18.9.10:18443. Every server pod runs its own app, iperf3 and server-side proxy.
+connects to 198.18.9.10:18443. Every server pod runs its own app, iperf3 and server-side proxy;
+the bulk (iperf3) Services have one backend, since iperf3's control and data connections must
+meet the same server.
 
 Run as root: `sudo bench/bench.py` (full), `bench/bench.py --smoke` (seconds, numbers not judged).
 Writes bench/results/latest.json and prints a table.
@@ -46,8 +48,10 @@ import time
 CLIENT, SERVER, SERVER2, NODE = "mlbench-client", "mlbench-server", "mlbench-server2", "mlbench-node"
 CLIENT_IP, SERVER_IP, SERVER2_IP, NODE_IP = "198.18.0.1", "198.18.0.2", "198.18.0.3", "198.18.0.254"
 VIP = "198.18.9.10"
-# (service port, target port): the app's Service maps 80 to 8080, as Services often do.
-SERVICE_PORTS = ((80, 8080), (5201, 5201), (18443, 18443), (15443, 15443))
+# (service port, target port, backends): the app's Service maps 80 to 8080, as Services often do.
+# iperf3's control and data connections must meet the same server, so its Services (direct and
+# through the tunnels) have one backend (kube-proxy would need sessionAffinity: ClientIP).
+SERVICE_PORTS = ((80, 8080, 2), (5201, 5201, 1), (18443, 18443, 2), (15443, 15443, 1))
 
 
 class Topo:
@@ -183,12 +187,14 @@ def topology(topo):
         sh("ip", "-n", name, "link", "set", "lo", "up")
         sh("ip", "-n", name, "route", "add", f"{VIP}/32", "via", NODE_IP)
     rules = ["*nat"]
-    for port, target in SERVICE_PORTS:
+    for port, target, n in SERVICE_PORTS:
         chain = f"SVC-{port}"
-        rules += [f":{chain} - [0:0]",
-                  f"-A PREROUTING -d {VIP}/32 -p tcp --dport {port} -j {chain}",
-                  f"-A {chain} -p tcp -m statistic --mode random --probability 0.50000 -j DNAT --to-destination {SERVER_IP}:{target}",
-                  f"-A {chain} -p tcp -j DNAT --to-destination {SERVER2_IP}:{target}"]
+        rules += [f":{chain} - [0:0]", f"-A PREROUTING -d {VIP}/32 -p tcp --dport {port} -j {chain}"]
+        if n == 2:
+            rules.append(f"-A {chain} -p tcp -m statistic --mode random --probability 0.50000 -j DNAT --to-destination {SERVER_IP}:{target}")
+            rules.append(f"-A {chain} -p tcp -j DNAT --to-destination {SERVER2_IP}:{target}")
+        else:
+            rules.append(f"-A {chain} -p tcp -j DNAT --to-destination {SERVER_IP}:{target}")
     rules += ["-A POSTROUTING -m conntrack --ctstate DNAT -j MASQUERADE", "COMMIT", ""]
     ns(NODE, "iptables-restore", "--noflush", input="\n".join(rules))
 
