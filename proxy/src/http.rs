@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::header::{HeaderValue, CONNECTION, UPGRADE};
+use http::header::{HeaderValue, CONNECTION, CONTENT_LENGTH, UPGRADE};
 use http::{Request, Response, StatusCode, Uri};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
@@ -124,8 +124,8 @@ async fn handle_request(
             })
             .inc();
     };
-    let path = match http_path::normalize(&raw_path) {
-        Ok(p) => p,
+    let normalized = match http_path::normalize(&raw_path) {
+        Ok(n) => n,
         Err(unsafe_path) => {
             count("denied", "unsafe_path");
             warn!(caller = %ctx.caller, peer = %ctx.peer, %method, path = %raw_path, reason = unsafe_path.0, "request refused: path cannot be normalized safely");
@@ -135,9 +135,10 @@ async fn handle_request(
             );
         }
     };
+    let path = &normalized.path;
     if let Err(denial) = shared
         .policy
-        .check_request(Some(&ctx.caller), port, &method, &path)
+        .check_request(Some(&ctx.caller), port, &method, path)
     {
         count("denied", denial.reason);
         warn!(caller = %ctx.caller, peer = %ctx.peer, %method, %path, reason = denial.reason, "request refused: {}", denial.detail);
@@ -147,8 +148,8 @@ async fn handle_request(
 
     // Forward what was matched: the normalized path, with the original query.
     let target = match req.uri().query() {
-        Some(q) => format!("http://{}{}?{}", ctx.dst, path, q),
-        None => format!("http://{}{}", ctx.dst, path),
+        Some(q) => format!("http://{}{}?{}", ctx.dst, normalized.wire, q),
+        None => format!("http://{}{}", ctx.dst, normalized.wire),
     };
     let Ok(uri) = target.parse::<Uri>() else {
         count("denied", "bad_target");
@@ -175,6 +176,17 @@ async fn handle_request(
             .get(CONNECTION)
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.to_ascii_lowercase().contains("upgrade"));
+    // A body of unknown length goes to an HTTP/1 app chunked. An app that does not speak
+    // chunked would read the rest as the next request on a reused connection, one that policy
+    // never saw: such a request gets an app connection of its own, closed after it.
+    if !is_h2
+        && !wants_upgrade
+        && !hyper::body::Body::is_end_stream(req.body())
+        && !req.headers().contains_key(CONTENT_LENGTH)
+    {
+        req.headers_mut()
+            .insert(CONNECTION, HeaderValue::from_static("close"));
+    }
     let caller_upgrade = wants_upgrade.then(|| hyper::upgrade::on(&mut req));
 
     let client = if is_h2 {
@@ -185,6 +197,11 @@ async fn handle_request(
     let result = client.request(req).await;
     let mut resp = match result {
         Ok(r) => r,
+        Err(e) if caller_body_failed(&e) => {
+            // The head may have reached the app; the app connection is dropped with the error.
+            warn!(caller = %ctx.caller, peer = %ctx.peer, error = %e, "request refused: malformed request body");
+            return text(StatusCode::BAD_REQUEST, "Bad request: malformed body\n");
+        }
         Err(e) => {
             warn!(caller = %ctx.caller, dst = %ctx.dst, error = %e, "app unreachable for an allowed request");
             return text(StatusCode::SERVICE_UNAVAILABLE, "Service unavailable\n");
@@ -206,4 +223,19 @@ async fn handle_request(
         });
     }
     resp.map(|b| b.boxed())
+}
+
+/// Whether a failed forward failed because the caller's request body was malformed (an
+/// invalid chunk, say), rather than because of the app.
+fn caller_body_failed(err: &hyper_util::client::legacy::Error) -> bool {
+    let mut source = std::error::Error::source(err);
+    while let Some(e) = source {
+        if let Some(h) = e.downcast_ref::<hyper::Error>() {
+            if h.is_user() {
+                return true;
+            }
+        }
+        source = e.source();
+    }
+    false
 }

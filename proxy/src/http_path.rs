@@ -29,11 +29,26 @@ impl PathMatch {
 #[derive(Debug, PartialEq, Eq)]
 pub struct Unsafe(pub &'static str);
 
+/// A request path as policy sees it and as the app receives it.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Normalized {
+    /// Decoded and normalized: what policy rules are matched against.
+    pub path: String,
+    /// The same path re-encoded for the request line: every byte other than an unreserved
+    /// character, a sub-delimiter, `:`, `@` or `/` is percent-encoded, so the app reads exactly
+    /// the path that was matched (an encoded `?` stays encoded, it does not become a query).
+    pub wire: String,
+}
+
 /// Decodes and normalizes the path part of a request target (query and fragment removed):
-/// percent-decoding of unreserved characters, `.` and `..` resolution, duplicate slashes merged.
-/// Encoded `/`, `\`, NUL or control characters, and invalid encodings are refused: they cannot be
-/// normalized without guessing how the app will read them.
-pub fn normalize(target: &str) -> Result<String, Unsafe> {
+/// percent-decoding, `.` and `..` resolution, duplicate slashes merged.
+///
+/// Refused, because they cannot be normalized without guessing how the app will read them:
+/// encoded `/` or `\`, NUL or control characters, invalid encodings, and an encoded `%`
+/// (`%25`): a path that still holds a percent sign after one decoding was encoded twice, and an
+/// app that decodes it again would see a path policy never saw (the class of Envoy's
+/// CVE-2021-39156).
+pub fn normalize(target: &str) -> Result<Normalized, Unsafe> {
     let path = target.split(['?', '#']).next().unwrap_or("");
     if !path.starts_with('/') {
         return Err(Unsafe("the path does not start with '/'"));
@@ -57,6 +72,9 @@ pub fn normalize(target: &str) -> Result<String, Unsafe> {
             }
             if c < 0x20 || c == 0x7f {
                 return Err(Unsafe("encoded control character"));
+            }
+            if c == b'%' {
+                return Err(Unsafe("encoded percent sign (double encoding)"));
             }
             decoded.push(c);
             i += 3;
@@ -92,12 +110,39 @@ pub fn normalize(target: &str) -> Result<String, Unsafe> {
     if out.is_empty() || (trailing && !segments.is_empty()) {
         out.push('/');
     }
-    Ok(out)
+    let wire = encode(&out);
+    Ok(Normalized { path: out, wire })
+}
+
+/// Percent-encodes every byte that may not appear as itself in a path (RFC 3986 `pchar` and
+/// `/`), and `%` itself.
+fn encode(path: &str) -> String {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    let mut out = String::with_capacity(path.len());
+    for &b in path.as_bytes() {
+        let keep = b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:@/".contains(&b);
+        if keep {
+            out.push(b as char);
+        } else {
+            out.push('%');
+            out.push(HEX[(b >> 4) as usize] as char);
+            out.push(HEX[(b & 15) as usize] as char);
+        }
+    }
+    out
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn normalize(target: &str) -> Result<String, Unsafe> {
+        super::normalize(target).map(|n| n.path)
+    }
+
+    fn wire(target: &str) -> String {
+        super::normalize(target).unwrap().wire
+    }
 
     #[test]
     fn plain_paths_stay_as_they_are() {
@@ -111,6 +156,26 @@ mod tests {
         assert_eq!(normalize("/headers?x=/admin").unwrap(), "/headers");
         assert_eq!(normalize("/headers#/admin").unwrap(), "/headers");
         assert_eq!(normalize("/admin%3Fx=1").unwrap(), "/admin?x=1");
+        assert_eq!(
+            wire("/admin%3Fx=1"),
+            "/admin%3Fx=1",
+            "still a path for the app"
+        );
+    }
+
+    #[test]
+    fn double_encoding_is_refused() {
+        assert!(normalize("/public/%252e%252e/admin").is_err());
+        assert!(normalize("/public/..%252fadmin").is_err());
+        assert!(normalize("/100%25").is_err());
+    }
+
+    #[test]
+    fn the_app_receives_the_matched_path_encoded_for_a_request_line() {
+        assert_eq!(wire("/head%65rs"), "/headers");
+        assert_eq!(wire("/a%20b/%C3%A9"), "/a%20b/%C3%A9");
+        assert_eq!(wire("/public/%2e%2e/admin"), "/admin");
+        assert_eq!(wire("/a:b@c;d=e"), "/a:b@c;d=e");
     }
 
     #[test]
@@ -149,6 +214,8 @@ mod tests {
             "/public/%2e%2e/admin",
             "/public/..%2fadmin",
             "//public/../admin",
+            "/public/%252e%252e/admin",
+            "/public/..%252fadmin",
         ] {
             if let Ok(p) = normalize(trick) {
                 assert!(!allowed.matches(&p), "{trick} -> {p} matched");

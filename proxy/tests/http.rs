@@ -155,3 +155,68 @@ async fn http2_from_the_caller_reaches_an_http2_app_with_the_callers_identity() 
     )
     .await;
 }
+
+/// An HTTP/1 app that does not speak chunked: it answers every head with a fixed response and
+/// records every byte it receives.
+async fn recording_app() -> (SocketAddr, std::sync::Arc<std::sync::Mutex<Vec<u8>>>) {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let rec = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            let rec = rec.clone();
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = s.read(&mut buf).await {
+                    if n == 0 {
+                        break;
+                    }
+                    rec.lock().unwrap().extend_from_slice(&buf[..n]);
+                    if buf[..n].windows(4).any(|w| w == b"\r\n\r\n") {
+                        let _ = s
+                            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                            .await;
+                    }
+                }
+            });
+        }
+    });
+    (addr, seen)
+}
+
+async fn raw_request(client: &meshlet_proxy::Running, request: &[u8]) -> String {
+    let mut s = TcpStream::connect(client.outbound_addrs[0]).await.unwrap();
+    s.write_all(request).await.unwrap();
+    read_head(&mut s).await
+}
+
+#[tokio::test]
+async fn a_malformed_chunked_body_gets_400_not_503() {
+    let (app, _) = recording_app().await;
+    let (client, _server) = pair_with_policy(app).await;
+
+    let head = raw_request(
+        &client,
+        b"GET /api/x HTTP/1.1\r\nhost: a\r\ntransfer-encoding: chunked\r\n\r\nzz\r\nabc\r\n0\r\n\r\n",
+    )
+    .await;
+
+    assert!(head.starts_with("HTTP/1.1 400"), "{head}");
+}
+
+#[tokio::test]
+async fn a_chunked_body_is_sent_on_an_app_connection_that_is_closed_after_it() {
+    let (app, seen) = recording_app().await;
+    let (client, _server) = pair_with_policy(app).await;
+
+    let head = raw_request(
+        &client,
+        b"GET /api/x HTTP/1.1\r\nhost: a\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+    )
+    .await;
+
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let seen = String::from_utf8_lossy(&seen.lock().unwrap()).to_ascii_lowercase();
+    assert!(seen.contains("connection: close"), "{seen}");
+}
