@@ -147,7 +147,7 @@ impl Ca {
     pub fn load(dir: &Path) -> Result<Self, IssueError> {
         let read = |name: &str| {
             let path = dir.join(name);
-            std::fs::read_to_string(&path).map_err(|err| IssueError::Io {
+            crate::files::read_text(&path).map_err(|err| IssueError::Io {
                 path: path.display().to_string(),
                 err,
             })
@@ -252,17 +252,19 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let n: u64 = num
         .parse()
         .map_err(|_| format!("{text:?} is not a duration (e.g. 90s, 30m, 24h, 7d)"))?;
-    let secs = match unit {
-        "" | "s" => n,
+    let per = match unit {
+        "" | "s" => 1u64,
         "ms" => return Ok(Duration::from_millis(n)),
-        "m" => n * 60,
-        "h" => n * 3600,
-        "d" => n * 86400,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86400,
         _ => {
             return Err(format!(
                 "{text:?} has an unknown unit {unit:?} (use ms, s, m, h or d)"
             ))
         }
     };
-    Ok(Duration::from_secs(secs))
+    n.checked_mul(per)
+        .map(Duration::from_secs)
+        .ok_or_else(|| format!("{text:?} is too long a duration"))
 }

@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 pub mod bundle;
+pub mod files;
 pub mod inspect;
 pub mod issue;
 pub mod source;

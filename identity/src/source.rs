@@ -19,6 +19,7 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use crate::bundle::TrustBundles;
 use crate::spiffe_id::SpiffeId;
 use crate::svid;
+use crate::verify::{verify_peer, Usage};
 
 /// The three files of a file-based identity.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -76,7 +77,7 @@ impl Identity {
         provider: &CryptoProvider,
     ) -> Result<Self, LoadError> {
         let read = |p: &Path| {
-            std::fs::read(p).map_err(|e| LoadError {
+            crate::files::read_capped(p, crate::files::MAX_FILE_BYTES).map_err(|e| LoadError {
                 file: p.to_owned(),
                 reason: format!("cannot read: {e}"),
             })
@@ -131,6 +132,15 @@ impl Identity {
         let Some(leaf) = chain.first() else {
             return Err((Part::Cert, "no certificate".into()));
         };
+        if chain.len() > MAX_OWN_CHAIN {
+            return Err((
+                Part::Cert,
+                format!(
+                    "{} certificates; a chain of more than {MAX_OWN_CHAIN} is refused",
+                    chain.len()
+                ),
+            ));
+        }
         let info = svid::check_leaf(leaf).map_err(|e| (Part::Cert, e.to_string()))?;
         svid::check_own_eku(leaf).map_err(|e| (Part::Cert, e.to_string()))?;
         if info.id.trust_domain() != trust_domain {
@@ -150,6 +160,17 @@ impl Identity {
                 Part::Bundle,
                 format!("no trust bundle for our own trust domain {trust_domain:?}"),
             ));
+        }
+        // Our chain must pass the check every peer will make (with our bundle, which peers of
+        // our trust domain share): a set that would be refused everywhere is never swapped in.
+        let now = rustls_pki_types::UnixTime::now();
+        for usage in [Usage::Server, Usage::Client] {
+            verify_peer(&bundles, provider, leaf, &chain[1..], now, usage).map_err(|e| {
+                (
+                    Part::Cert,
+                    format!("the certificate does not chain to our own trust bundle: {e}"),
+                )
+            })?;
         }
         let signing_key = provider
             .key_provider
@@ -184,6 +205,9 @@ impl Identity {
         }
     }
 }
+
+/// The longest chain of our own accepted (leaf and intermediates).
+pub const MAX_OWN_CHAIN: usize = 8;
 
 /// Which of the three inputs an error is about.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -150,6 +150,23 @@ pub fn spiffe_id_of_der(der: &[u8]) -> Result<SpiffeId, SvidError> {
     spiffe_id_of(&cert)
 }
 
+/// When the first certificate of a verified chain expires: after that, the chain would no
+/// longer verify. `None` when a certificate cannot be parsed.
+pub fn chain_not_after<C: AsRef<[u8]>>(chain: &[C]) -> Option<SystemTime> {
+    chain
+        .iter()
+        .map(|der| {
+            x509_parser::parse_x509_certificate(der.as_ref())
+                .ok()
+                .map(|(_, cert)| to_system_time(cert.validity().not_after.timestamp()))
+        })
+        .try_fold(None::<SystemTime>, |min, t| {
+            let t = t?;
+            Some(Some(min.map_or(t, |m| m.min(t))))
+        })
+        .flatten()
+}
+
 fn to_system_time(unix: i64) -> SystemTime {
     if unix >= 0 {
         UNIX_EPOCH + Duration::from_secs(unix as u64)

@@ -222,3 +222,41 @@ fn a_ca_written_to_pem_can_be_loaded_back_and_issue() {
     let leaf = again.issue_svid(&id("/x"), DAY).unwrap();
     assert!(check(&bundles_of(&ca), &leaf, Usage::Client).is_ok());
 }
+
+fn own(leaf: &Pem, cert_pem: &str, bundle: &Ca) -> Result<Identity, (Part, String)> {
+    Identity::from_pem(
+        cert_pem.as_bytes(),
+        leaf.key.as_bytes(),
+        bundle.pem.cert.as_bytes(),
+        TD,
+        &crypto_provider(),
+    )
+}
+
+#[test]
+fn our_own_leaf_must_chain_to_our_own_bundle() {
+    let (ca, other) = (Ca::new(TD, DAY).unwrap(), Ca::new(TD, DAY).unwrap());
+    let leaf = ca.issue_svid(&id("/ns/a/sa/b"), DAY).unwrap();
+
+    let refused = own(&leaf, &leaf.cert, &other).err().unwrap();
+
+    assert_eq!(refused.0, Part::Cert);
+    assert!(
+        refused.1.contains("does not chain to our own trust bundle"),
+        "{}",
+        refused.1
+    );
+    assert!(own(&leaf, &leaf.cert, &ca).is_ok());
+}
+
+#[test]
+fn an_overlong_chain_of_our_own_is_refused() {
+    let ca = Ca::new(TD, DAY).unwrap();
+    let leaf = ca.issue_svid(&id("/ns/a/sa/b"), DAY).unwrap();
+    let hundred = leaf.cert.repeat(100);
+
+    let refused = own(&leaf, &hundred, &ca).err().unwrap();
+
+    assert_eq!(refused.0, Part::Cert);
+    assert!(refused.1.contains("100 certificates"), "{}", refused.1);
+}

@@ -16,21 +16,33 @@ use tracing::{debug, info};
 
 use crate::Shared;
 
+/// Admin connections open at once. Beyond this a new one is closed at once: the admin port
+/// answers probes and scrapes, and a flood of idle connections to it must not take the file
+/// descriptors the data plane needs.
+pub const MAX_CONNECTIONS: usize = 256;
+
 pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
         let Ok((conn, peer)) = listener.accept().await else {
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
             continue;
         };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            debug!(%peer, "admin connection refused: {MAX_CONNECTIONS} already open");
+            continue;
+        };
         let shared = shared.clone();
         tokio::spawn(async move {
+            let _slot = slot;
             let service = hyper::service::service_fn(|req| {
                 let shared = shared.clone();
                 async move { Ok::<_, Infallible>(route(&shared, peer, req)) }
             });
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(std::time::Duration::from_secs(10))
+                // Also bounds how long an idle keep-alive connection holds its slot.
+                .header_read_timeout(std::time::Duration::from_secs(5))
                 .serve_connection(TokioIo::new(conn), service);
             if let Err(e) = conn.await {
                 debug!(%peer, error = %e, "admin connection error");

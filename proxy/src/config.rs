@@ -220,6 +220,45 @@ pub struct Timeouts {
     pub drain: Duration,
 }
 
+/// Above any sensible sidecar: each connection holds descriptors and memory.
+pub const MAX_CONNECTIONS: usize = 1_000_000;
+
+/// The deepest nesting of YAML collections accepted. meshlet's deepest key is a few levels
+/// down; the YAML parser's time grows with the square of the depth, so a file of 100,000 `[`
+/// would hang it.
+const MAX_NESTING: usize = 32;
+
+/// Refuses text whose flow collections (`[`, `{`) or block indentation nest deeper than
+/// [`MAX_NESTING`], before the parser sees it. Quoted strings and comments are skipped.
+fn check_nesting(text: &str) -> Result<(), String> {
+    let too_deep = || format!("nested deeper than {MAX_NESTING} levels; refused");
+    let mut depth = 0usize;
+    for line in text.lines() {
+        let indent = line.len() - line.trim_start_matches([' ', '-']).len();
+        if indent / 2 > MAX_NESTING * 2 {
+            return Err(too_deep());
+        }
+        let mut quote: Option<char> = None;
+        for c in line.chars() {
+            match (quote, c) {
+                (Some(q), c) if c == q => quote = None,
+                (Some(_), _) => {}
+                (None, '\'' | '"') => quote = Some(c),
+                (None, '#') => break,
+                (None, '[' | '{') => {
+                    depth += 1;
+                    if depth > MAX_NESTING {
+                        return Err(too_deep());
+                    }
+                }
+                (None, ']' | '}') => depth = depth.saturating_sub(1),
+                _ => {}
+            }
+        }
+    }
+    Ok(())
+}
+
 fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     let v = Value::deserialize(d)?;
     match &v {
@@ -347,8 +386,9 @@ impl Config {
         };
         let mut tree = match file {
             Some(path) => {
-                let text = std::fs::read_to_string(path)
+                let text = meshlet_identity::files::read_text(path)
                     .map_err(|e| err("(file)", format!("cannot read: {e}")))?;
+                check_nesting(&text).map_err(|reason| err("(syntax)", reason))?;
                 if text.trim().is_empty() {
                     Value::Mapping(Mapping::new())
                 } else {
@@ -363,6 +403,8 @@ impl Config {
         }
         for o in overrides {
             let value = if o.yaml {
+                check_nesting(&o.value)
+                    .map_err(|reason| err(o.key, format!("{}: {reason}", o.origin)))?;
                 serde_norway::from_str::<Value>(&o.value)
                     .map_err(|e| err(o.key, format!("{} is not valid YAML: {e}", o.origin)))?
             } else {
@@ -415,6 +457,55 @@ impl Config {
         ] {
             if n == 0 {
                 return Err((key.into(), "must be at least 1".into()));
+            }
+            if n > MAX_CONNECTIONS {
+                return Err((
+                    key.into(),
+                    format!("{n} is above the limit of {MAX_CONNECTIONS}"),
+                ));
+            }
+        }
+        // Bounded so that no deadline computed from them can overflow, and so that a typo
+        // (a missing unit, an extra digit) is caught at start rather than felt in production.
+        let hour = Duration::from_secs(3600);
+        for (key, value, min, max) in [
+            (
+                "timeouts.connect",
+                self.timeouts.connect,
+                Duration::from_millis(1),
+                hour,
+            ),
+            (
+                "timeouts.handshake",
+                self.timeouts.handshake,
+                Duration::from_millis(1),
+                hour,
+            ),
+            (
+                "timeouts.first_byte",
+                self.timeouts.first_byte,
+                Duration::from_millis(1),
+                hour,
+            ),
+            ("timeouts.drain", self.timeouts.drain, Duration::ZERO, hour),
+            (
+                "outbound.auto_detect_timeout",
+                self.outbound.auto_detect_timeout,
+                Duration::from_millis(1),
+                hour,
+            ),
+            (
+                "outbound.auto_fallback_ttl",
+                self.outbound.auto_fallback_ttl,
+                Duration::ZERO,
+                24 * hour,
+            ),
+        ] {
+            if value < min || value > max {
+                return Err((
+                    key.into(),
+                    format!("{value:?} is out of range ({min:?} to {max:?})"),
+                ));
             }
         }
         if self.workers > 1024 {
@@ -565,6 +656,56 @@ mod tests {
             origin: format!("--{key}"),
             yaml,
         }
+    }
+
+    fn refused(text: &str) -> ConfigError {
+        Config::load(Some(file(text).path()), &[]).unwrap_err()
+    }
+
+    #[test]
+    fn durations_and_sizes_out_of_range_are_refused_with_the_key() {
+        for (text, key) in [
+            (
+                "timeouts: {first_byte: 18446744073709551615}",
+                "timeouts.first_byte",
+            ),
+            ("timeouts: {drain: 999999999999999999d}", "timeouts.drain"),
+            ("timeouts: {handshake: 0s}", "timeouts.handshake"),
+            ("timeouts: {connect: 2h}", "timeouts.connect"),
+            (
+                "outbound: {auto_fallback_ttl: 400d}",
+                "outbound.auto_fallback_ttl",
+            ),
+            (
+                "inbound: {max_connections: 99999999999}",
+                "inbound.max_connections",
+            ),
+        ] {
+            let e = refused(text);
+            assert!(e.key.starts_with(key), "{text}: {e}");
+        }
+    }
+
+    #[test]
+    fn deeply_nested_yaml_is_refused_quickly() {
+        let started = std::time::Instant::now();
+        let e = refused(&"[".repeat(100_000));
+        assert!(e.reason.contains("nested deeper"), "{e}");
+        let e = refused(&format!("inbound: {}", "{a: ".repeat(40)));
+        assert!(e.reason.contains("nested deeper"), "{e}");
+        assert!(started.elapsed() < std::time::Duration::from_secs(5));
+        // Brackets in quotes and comments are text.
+        assert!(Config::load(
+            Some(file("log: {level: \"[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[\"}\n").path()),
+            &[]
+        )
+        .is_err_and(|e| e.key == "log.level"));
+    }
+
+    #[test]
+    fn a_configuration_that_never_ends_is_refused() {
+        let e = Config::load(Some(Path::new("/dev/zero")), &[]).unwrap_err();
+        assert!(e.reason.contains("larger than"), "{e}");
     }
 
     #[test]

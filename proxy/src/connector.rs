@@ -125,6 +125,8 @@ pub async fn connect_tcp(dst: SocketAddr, timeout: Duration) -> io::Result<TcpSt
 pub struct MeshConn {
     pub stream: TlsStream<ReadAhead<TcpStream>>,
     pub peer: SpiffeId,
+    /// When the peer's certificate chain expires.
+    pub peer_not_after: std::time::SystemTime,
     /// The peer chose the pooled transport.
     pub mux: bool,
 }
@@ -184,6 +186,12 @@ pub async fn connect_tls(
     let Some(peer) = tls::peer_id(conn) else {
         return Err(ConnectError::NotMesh { dst });
     };
+    let Some(peer_not_after) = conn
+        .peer_certificates()
+        .and_then(meshlet_identity::svid::chain_not_after)
+    else {
+        return Err(ConnectError::NotMesh { dst });
+    };
     if mux {
         stream.get_mut().0.enable();
     }
@@ -194,7 +202,12 @@ pub async fn connect_tls(
             direction: OUTBOUND,
         })
         .observe(started.elapsed().as_secs_f64());
-    Ok(MeshConn { stream, peer, mux })
+    Ok(MeshConn {
+        stream,
+        peer,
+        peer_not_after,
+        mux,
+    })
 }
 
 /// Refuses a peer whose identity is not among the pinned ones.

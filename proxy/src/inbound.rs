@@ -229,11 +229,35 @@ async fn mesh(
         );
     };
     if tls.get_ref().1.alpn_protocol() == Some(tls::ALPN_MUX) {
+        let Some(caller_not_after) = tls
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(meshlet_identity::svid::chain_not_after)
+        else {
+            return refuse(
+                shared,
+                peer,
+                Some(dst),
+                Some(&caller),
+                "bad_certificate",
+                "verified client chain without a readable expiry",
+            );
+        };
         tls.get_mut().0.enable();
         // Pooled: each stream carries its own destination and is authorized on its own.
         // Boxed: the HTTP/2 server's state is only needed by this rare, long-lived connection;
         // inline, it would size every inbound connection's task.
-        return Box::pin(mux::serve(shared.clone(), tls, peer, dst, caller, dst_mode)).await;
+        return Box::pin(mux::serve(
+            shared.clone(),
+            tls,
+            peer,
+            dst,
+            caller,
+            caller_not_after,
+            dst_mode,
+        ))
+        .await;
     }
     match shared.policy.check_connection(Some(&caller), dst.port()) {
         Err(d) => {

@@ -7,6 +7,7 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::pin::pin;
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use ::http::{Method, Request, Response, StatusCode};
 use bytes::Bytes;
@@ -40,6 +41,9 @@ struct ConnCtx {
     dst_mode: OriginalDst,
     /// Our identity generation when the connection was authenticated.
     generation: u64,
+    /// When the caller's certificate chain expires: no stream is accepted after that, since a
+    /// fresh handshake with it would be refused.
+    caller_not_after: SystemTime,
     stale: Notify,
 }
 
@@ -50,6 +54,7 @@ pub async fn serve<S>(
     peer: SocketAddr,
     outer_dst: SocketAddr,
     caller: SpiffeId,
+    caller_not_after: SystemTime,
     dst_mode: OriginalDst,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -61,6 +66,7 @@ pub async fn serve<S>(
         .inc();
     let ctx = Arc::new(ConnCtx {
         generation: shared.store.generation(),
+        caller_not_after,
         shared,
         caller,
         peer,
@@ -85,8 +91,19 @@ pub async fn serve<S>(
             .serve_connection(TokioIo::new(tls), service)
     );
     let mut draining = false;
+    let caller_expires = tokio::time::sleep(
+        caller_not_after
+            .duration_since(SystemTime::now())
+            .unwrap_or_default(),
+    );
+    let mut caller_expires = pin!(caller_expires);
     loop {
         tokio::select! {
+            _ = caller_expires.as_mut(), if !draining => {
+                debug!(%peer, caller = %ctx.caller, "caller's certificate expired; draining its pooled connection");
+                draining = true;
+                conn.as_mut().graceful_shutdown();
+            }
             result = conn.as_mut() => {
                 if let Err(e) = result {
                     debug!(%peer, error = %e, "pooled connection ended with an error");
@@ -133,8 +150,10 @@ fn refuse(
 
 async fn stream(ctx: &ConnCtx, mut req: Request<Incoming>) -> Response<Empty<Bytes>> {
     let shared = &ctx.shared;
-    if shared.store.generation() != ctx.generation {
-        // Authenticated with an identity or bundle we no longer hold: drain, let the peer redial.
+    if shared.store.generation() != ctx.generation || SystemTime::now() >= ctx.caller_not_after {
+        // Authenticated with an identity or bundle we no longer hold, or with a caller
+        // certificate that has since expired: drain, and let the peer redial (its fresh
+        // handshake is judged by today's rules).
         ctx.stale.notify_one();
         let mut resp = reply(StatusCode::SERVICE_UNAVAILABLE);
         resp.headers_mut().insert(

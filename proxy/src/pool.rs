@@ -54,7 +54,17 @@ struct PooledConn {
     /// The address dialed: after translation by the node, it may not be where it arrived.
     dialed: SocketAddr,
     peer: SpiffeId,
+    /// When the peer's certificate expires: the connection is not used past that.
+    peer_not_after: std::time::SystemTime,
     generation: u64,
+}
+
+impl PooledConn {
+    fn usable(&self, generation: u64) -> bool {
+        !self.sender.is_closed()
+            && self.generation == generation
+            && std::time::SystemTime::now() < self.peer_not_after
+    }
 }
 
 type Slot = Arc<tokio::sync::Mutex<Option<PooledConn>>>;
@@ -150,9 +160,7 @@ impl Pool {
     async fn adopt(&self, reached: SocketAddr, mut conn: PooledConn) -> bool {
         let slot = self.slot(reached.ip());
         let mut guard = slot.lock().await;
-        let live = guard
-            .as_ref()
-            .is_some_and(|c| !c.sender.is_closed() && c.generation == conn.generation);
+        let live = guard.as_ref().is_some_and(|c| c.usable(conn.generation));
         if !live {
             conn.dialed = reached;
             *guard = Some(conn);
@@ -301,7 +309,7 @@ impl Pool {
         let mut guard = slot.lock().await;
         let generation = shared.store.generation();
         if let Some(conn) = guard.as_ref() {
-            if !conn.sender.is_closed() && conn.generation == generation {
+            if conn.usable(generation) {
                 return Ok(Dialed::Pooled(conn.clone()));
             }
         }
@@ -353,7 +361,7 @@ impl Pool {
             .handshake(TokioIo::new(conn.stream))
             .await
             .map_err(|err| ConnectError::Pool { dst, err })?;
-        let peer = conn.peer.clone();
+        let (peer, peer_not_after) = (conn.peer.clone(), conn.peer_not_after);
         tokio::spawn(async move {
             if let Err(e) = connection.await {
                 debug!(%dst, error = %e, "pooled connection ended");
@@ -373,6 +381,7 @@ impl Pool {
             sender,
             dialed: dst,
             peer,
+            peer_not_after,
             generation,
         }))
     }

@@ -414,3 +414,30 @@ async fn a_peer_that_never_answers_a_stream_is_given_up_within_the_handshake_tim
     )
     .await;
 }
+
+#[tokio::test]
+async fn a_pooled_connection_takes_no_stream_once_the_callers_certificate_has_expired() {
+    let ca = Ca::new(TD, DAY).unwrap();
+    let echo = echo().await;
+    let server = proxy_for(&ca, "/ns/default/sa/echo", "", echo.addr).await;
+    let target = server.inbound_addrs[0];
+    let short_lived = leaf(&ca, "/ns/default/sa/pod-worker", |spec| {
+        spec.not_after = time::OffsetDateTime::now_utc() + time::Duration::seconds(3);
+    });
+    let client = proxy(config(""), store(&ca, &short_lived), target, target).await;
+    assert_eq!(
+        roundtrip(client.outbound_addrs[0], b"before")
+            .await
+            .unwrap(),
+        b"before"
+    );
+
+    tokio::time::sleep(std::time::Duration::from_millis(3500)).await;
+    let after = roundtrip(client.outbound_addrs[0], b"after").await;
+
+    assert!(
+        after.unwrap_or_default().is_empty(),
+        "an expired caller got through"
+    );
+    assert_eq!(echo.accepted.load(Ordering::SeqCst), 1);
+}
