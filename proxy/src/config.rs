@@ -379,24 +379,34 @@ impl Config {
         let source_name = file
             .map(|f| f.display().to_string())
             .unwrap_or_else(|| "configuration".into());
+        let text = match file {
+            Some(path) => meshlet_identity::files::read_text(path).map_err(|e| ConfigError {
+                source_name: source_name.clone(),
+                key: "(file)".into(),
+                reason: format!("cannot read: {e}"),
+            })?,
+            None => String::new(),
+        };
+        Self::parse(&text, &source_name, overrides)
+    }
+
+    /// Parses configuration text (as a file holds it; `source_name` names it in errors), applies
+    /// the overrides, checks everything.
+    pub fn parse(
+        text: &str,
+        source_name: &str,
+        overrides: &[Override],
+    ) -> Result<Config, ConfigError> {
         let err = |key: &str, reason: String| ConfigError {
-            source_name: source_name.clone(),
+            source_name: source_name.to_owned(),
             key: key.into(),
             reason,
         };
-        let mut tree = match file {
-            Some(path) => {
-                let text = meshlet_identity::files::read_text(path)
-                    .map_err(|e| err("(file)", format!("cannot read: {e}")))?;
-                check_nesting(&text).map_err(|reason| err("(syntax)", reason))?;
-                if text.trim().is_empty() {
-                    Value::Mapping(Mapping::new())
-                } else {
-                    serde_norway::from_str::<Value>(&text)
-                        .map_err(|e| err("(syntax)", e.to_string()))?
-                }
-            }
-            None => Value::Mapping(Mapping::new()),
+        check_nesting(text).map_err(|reason| err("(syntax)", reason))?;
+        let mut tree = if text.trim().is_empty() {
+            Value::Mapping(Mapping::new())
+        } else {
+            serde_norway::from_str::<Value>(text).map_err(|e| err("(syntax)", e.to_string()))?
         };
         if tree.is_null() {
             tree = Value::Mapping(Mapping::new());
@@ -415,7 +425,11 @@ impl Config {
         let config: Config = serde_path_to_error::deserialize(tree).map_err(|e| {
             let key = e.path().to_string();
             err(
-                if key == "." { "(top level)" } else { &key },
+                if key == "." || key.is_empty() {
+                    "(top level)"
+                } else {
+                    &key
+                },
                 e.into_inner().to_string(),
             )
         })?;
@@ -700,6 +714,13 @@ mod tests {
             &[]
         )
         .is_err_and(|e| e.key == "log.level"));
+    }
+
+    #[test]
+    fn an_unknown_empty_key_is_reported_at_the_top_level() {
+        // Found by the configuration fuzzer: the key in the message was empty.
+        let e = refused("'': (H");
+        assert_eq!(e.key, "(top level)", "{e}");
     }
 
     #[test]
