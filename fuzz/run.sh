@@ -8,9 +8,14 @@ cd "$(dirname "$0")"
 seconds=${1:-30}
 command -v cargo-fuzz >/dev/null 2>&1 || cargo install cargo-fuzz --locked --quiet
 cargo fuzz build -s none
+mkdir -p logs
 for target in $(cargo fuzz list); do
-  echo "fuzzing $target for ${seconds}s"
   mkdir -p "corpus/$target"
-  cargo fuzz run -s none "$target" "corpus/$target" -- \
-    -max_total_time="$seconds" -rss_limit_mb=2048 -timeout=10 -print_final_stats=0
+  if ! cargo fuzz run -s none "$target" "corpus/$target" -- \
+      -max_total_time="$seconds" -rss_limit_mb=2048 -timeout=10 > "logs/$target.log" 2>&1; then
+    tail -n 40 "logs/$target.log"
+    echo "fuzz target $target FAILED (input in fuzz/artifacts/$target/)" >&2
+    exit 1
+  fi
+  echo "fuzz $target: $(grep -o 'Done [0-9]* runs in [0-9]* second(s)' "logs/$target.log" | tail -1)"
 done
