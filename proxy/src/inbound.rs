@@ -8,14 +8,12 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use meshlet_identity::SpiffeId;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio_rustls::TlsAcceptor;
-use tracing::{debug, warn};
+use tracing::debug;
 
-use crate::config::InboundMode;
 use crate::connector;
 use crate::copy;
 use crate::detect::{self, Protocol};
@@ -23,99 +21,71 @@ use crate::metrics::{DirLabels, INBOUND};
 use crate::orig_dst::OriginalDst;
 use crate::policy::Access;
 use crate::read_ahead::ReadAhead;
+use crate::refusal::Refusal;
 use crate::rewind::Rewind;
-use crate::{http, locate, mux, on_this_pod, tls, Shared};
+use crate::{http, locate, mux, on_this_pod, prevent_loop, require_mesh, tls, Shared};
 
 pub async fn handle(
     shared: Arc<Shared>,
-    mut conn: TcpStream,
+    conn: TcpStream,
     peer: SocketAddr,
     dst_mode: OriginalDst,
     _permit: OwnedSemaphorePermit,
 ) {
     let _active = shared.metrics.track(INBOUND);
-    let dst = match dst_mode.of(&conn, peer) {
-        Ok(dst) => dst,
-        Err(e) => {
-            return refuse(
-                &shared,
-                peer,
-                None,
-                None,
-                "no_original_dst",
-                &format!("not a redirected connection: {e}"),
-            );
-        }
-    };
+    if let Err(refusal) = serve(&shared, conn, peer, dst_mode).await {
+        refusal.record(&shared.metrics, INBOUND, "connection", peer);
+    }
+}
+
+/// Admission (destination, first bytes, mode), then the mesh handshake or a plaintext pass.
+async fn serve(
+    shared: &Arc<Shared>,
+    mut conn: TcpStream,
+    peer: SocketAddr,
+    dst_mode: OriginalDst,
+) -> Result<(), Refusal> {
+    let dst = dst_mode.of(&conn, peer).map_err(|e| {
+        Refusal::new(
+            "no_original_dst",
+            format!("not a redirected connection: {e}"),
+        )
+    })?;
     let dst = match dst_mode {
-        OriginalDst::Kernel => match on_this_pod::check(&shared.local, &shared.proxy_ports, dst) {
-            Ok(dst) => dst,
-            Err(e) => return refuse(&shared, peer, Some(dst), None, e.reason(), &e.to_string()),
-        },
+        OriginalDst::Kernel => on_this_pod::check(&shared.local, &shared.proxy_ports, dst)
+            .map_err(|e| Refusal::new(e.reason(), e.to_string()).at(dst))?,
         // A fixed destination is the operator's, not the caller's.
-        OriginalDst::Fixed(dst) if dst.port() == shared.config.inbound.port => {
-            return refuse(
-                &shared,
-                peer,
-                Some(dst),
-                None,
-                "loop",
-                "connection to the inbound port itself",
-            );
+        OriginalDst::Fixed(dst) => {
+            prevent_loop::inbound_fixed(dst, &[shared.config.inbound.port])?;
+            dst
         }
-        OriginalDst::Fixed(dst) => dst,
     };
 
-    let (protocol, first_bytes) = match sniff(&mut conn, &shared).await {
-        Ok(found) => found,
-        Err(e) => {
-            return refuse(
-                &shared,
-                peer,
-                Some(dst),
-                None,
-                "no_data",
-                &format!("caller sent nothing usable: {e}"),
-            )
-        }
-    };
-    if protocol == Protocol::Locate {
-        // Not app traffic: nothing reaches the app, so neither mode nor policy applies.
-        debug!(%peer, %dst, "locate: telling a peer proxy which address it reached");
-        let _ = conn.write_all(locate::answer(dst).as_bytes()).await;
-        return;
-    }
-    let stream = Rewind::new(first_bytes, conn);
+    let (protocol, first_bytes) = sniff(&mut conn, shared)
+        .await
+        .map_err(|e| Refusal::new("no_data", format!("caller sent nothing usable: {e}")).at(dst))?;
     match protocol {
-        Protocol::Mesh => mesh(&shared, stream, peer, dst, dst_mode).await,
+        Protocol::Locate => {
+            // Not app traffic: nothing reaches the app, so neither mode nor policy applies.
+            debug!(%peer, %dst, "locate: telling a peer proxy which address it reached");
+            let _ = conn.write_all(locate::answer(dst).as_bytes()).await;
+            Ok(())
+        }
+        Protocol::Mesh => {
+            let stream = Rewind::new(first_bytes, conn);
+            mesh(shared, stream, peer, dst, dst_mode)
+                .await
+                .map_err(|r| r.at(dst))
+        }
         other => {
-            let what = match other {
-                Protocol::ForeignTls => "TLS without meshlet's ALPN",
-                Protocol::Incomplete => "nothing within the first-byte timeout",
-                _ => "plaintext",
-            };
-            if shared.config.inbound.mode == InboundMode::Strict {
-                let reason = if other == Protocol::ForeignTls {
-                    "foreign_tls"
-                } else {
-                    "plaintext"
-                };
-                return refuse(
-                    &shared,
-                    peer,
-                    Some(dst),
-                    None,
-                    reason,
-                    &format!("{what} in strict mode (only meshlet mTLS is accepted)"),
-                );
-            }
-            if let Err(d) = shared.policy.check_connection(None, dst.port()) {
-                shared.metrics.policy_denied(INBOUND, d.reason);
-                return refuse(&shared, peer, Some(dst), None, d.reason, &d.detail);
-            }
-            debug!(%peer, %dst, "permissive: passing {what} through");
+            require_mesh::check(shared.config.inbound.mode, other).map_err(|r| r.at(dst))?;
+            shared
+                .policy
+                .check_connection(None, dst.port())
+                .map_err(|d| Refusal::policy(d.reason, d.detail).at(dst))?;
+            debug!(%peer, %dst, ?other, "permissive: passing it through");
             shared.metrics.opened(INBOUND, "plain");
-            to_app(&shared, stream, peer, dst, None).await;
+            to_app(shared, Rewind::new(first_bytes, conn), dst).await
         }
     }
 }
@@ -178,7 +148,7 @@ async fn mesh(
     peer: SocketAddr,
     dst: SocketAddr,
     dst_mode: OriginalDst,
-) {
+) -> Result<(), Refusal> {
     let started = Instant::now();
     let acceptor = TlsAcceptor::from(shared.tls.server.clone());
     // Boxed, like the result below: the handshake's state is large, and inline it would size
@@ -188,28 +158,12 @@ async fn mesh(
         acceptor.accept(ReadAhead::new(stream)),
     ));
     let mut tls = match handshake.await {
-        Err(_) => {
-            shared.metrics.handshake_failed(INBOUND, "timeout");
-            return refuse(
-                shared,
-                peer,
-                Some(dst),
-                None,
-                "handshake_timeout",
-                "TLS handshake timed out",
-            );
-        }
+        Err(_) => return Err(Refusal::handshake("timeout", "TLS handshake timed out")),
         Ok(Err(e)) => {
-            let reason = tls::failure_reason(&e);
-            shared.metrics.handshake_failed(INBOUND, reason);
-            return refuse(
-                shared,
-                peer,
-                Some(dst),
-                None,
-                reason,
-                &format!("TLS handshake failed: {e}"),
-            );
+            return Err(Refusal::handshake(
+                tls::failure_reason(&e),
+                format!("TLS handshake failed: {e}"),
+            ))
         }
         Ok(Ok(tls)) => Box::new(tls),
     };
@@ -218,37 +172,30 @@ async fn mesh(
         .handshake_seconds
         .get_or_create(&DirLabels { direction: INBOUND })
         .observe(started.elapsed().as_secs_f64());
-    let Some(caller) = tls::peer_id(tls.get_ref().1) else {
-        return refuse(
-            shared,
-            peer,
-            Some(dst),
-            None,
+    let caller = tls::peer_id(tls.get_ref().1).ok_or_else(|| {
+        Refusal::new(
             "bad_spiffe_id",
             "verified client certificate without a SPIFFE ID",
-        );
-    };
+        )
+    })?;
     if tls.get_ref().1.alpn_protocol() == Some(tls::ALPN_MUX) {
-        let Some(caller_not_after) = tls
+        let caller_not_after = tls
             .get_ref()
             .1
             .peer_certificates()
             .and_then(meshlet_identity::svid::chain_not_after)
-        else {
-            return refuse(
-                shared,
-                peer,
-                Some(dst),
-                Some(&caller),
-                "bad_certificate",
-                "verified client chain without a readable expiry",
-            );
-        };
+            .ok_or_else(|| {
+                Refusal::new(
+                    "bad_certificate",
+                    "verified client chain without a readable expiry",
+                )
+                .by(&caller)
+            })?;
         tls.get_mut().0.enable();
         // Pooled: each stream carries its own destination and is authorized on its own.
         // Boxed: the HTTP/2 server's state is only needed by this rare, long-lived connection;
         // inline, it would size every inbound connection's task.
-        return Box::pin(mux::serve(
+        Box::pin(mux::serve(
             shared.clone(),
             tls,
             peer,
@@ -258,62 +205,36 @@ async fn mesh(
             dst_mode,
         ))
         .await;
+        return Ok(());
     }
-    match shared.policy.check_connection(Some(&caller), dst.port()) {
-        Err(d) => {
-            shared.metrics.policy_denied(INBOUND, d.reason);
-            refuse(shared, peer, Some(dst), Some(&caller), d.reason, &d.detail)
-        }
-        Ok(Access::Tcp) => {
-            shared.metrics.opened(INBOUND, "mtls");
-            to_app(shared, tls, peer, dst, Some(&caller)).await
-        }
-        Ok(Access::Http) => {
-            shared.metrics.opened(INBOUND, "mtls");
+    let access = shared
+        .policy
+        .check_connection(Some(&caller), dst.port())
+        .map_err(|d| Refusal::policy(d.reason, d.detail).by(&caller))?;
+    shared.metrics.opened(INBOUND, "mtls");
+    match access {
+        Access::Tcp => to_app(shared, tls, dst).await.map_err(|r| r.by(&caller)),
+        Access::Http => {
             // Boxed: only HTTP ports need the HTTP server's state.
-            Box::pin(http::serve_inbound(shared.clone(), tls, peer, dst, caller)).await
+            Box::pin(http::serve_inbound(shared.clone(), tls, peer, dst, caller)).await;
+            Ok(())
         }
     }
 }
 
 /// Connects to the app at its original address (as the proxy's uid, so not captured again).
-async fn to_app<S>(
-    shared: &Shared,
-    mut caller: S,
-    peer: SocketAddr,
-    dst: SocketAddr,
-    id: Option<&SpiffeId>,
-) where
+async fn to_app<S>(shared: &Shared, mut caller: S, dst: SocketAddr) -> Result<(), Refusal>
+where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    match connector::connect_tcp(dst, shared.config.timeouts.connect).await {
-        Ok(mut app) => copy::bidirectional(INBOUND, &shared.metrics, &mut caller, &mut app).await,
-        Err(e) => refuse(
-            shared,
-            peer,
-            Some(dst),
-            id,
-            "app_unreachable",
-            &format!("cannot connect to the app at {dst}: {e}"),
-        ),
-    }
-}
-
-fn refuse(
-    shared: &Shared,
-    peer: SocketAddr,
-    dst: Option<SocketAddr>,
-    id: Option<&SpiffeId>,
-    reason: &'static str,
-    detail: &str,
-) {
-    shared.metrics.refused(INBOUND, reason);
-    warn!(
-        direction = INBOUND,
-        %peer,
-        dst = ?dst,
-        identity = id.map(SpiffeId::as_str).unwrap_or("-"),
-        reason,
-        "connection refused: {detail}"
-    );
+    let mut app = connector::connect_tcp(dst, shared.config.timeouts.connect)
+        .await
+        .map_err(|e| {
+            Refusal::new(
+                "app_unreachable",
+                format!("cannot connect to the app at {dst}: {e}"),
+            )
+        })?;
+    copy::bidirectional(INBOUND, &shared.metrics, &mut caller, &mut app).await;
+    Ok(())
 }

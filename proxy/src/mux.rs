@@ -17,7 +17,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use meshlet_identity::SpiffeId;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::Notify;
-use tracing::{debug, warn};
+use tracing::debug;
 
 use crate::metrics::{DirLabels, INBOUND};
 use crate::on_this_pod::{self, NotOnThisPod};
@@ -26,6 +26,7 @@ use crate::policy::Access;
 use crate::pool::{
     CONNECTION_WINDOW, MAX_FRAME, REACHED_HEADER, RETRY_HEADER, SEND_BUF, STREAM_WINDOW,
 };
+use crate::refusal::Refusal;
 use crate::{connector, copy, http, Shared};
 
 /// Streams one pooled connection may carry at once.
@@ -129,22 +130,10 @@ fn reply(status: StatusCode) -> Response<Empty<Bytes>> {
     resp
 }
 
-fn refuse(
-    ctx: &ConnCtx,
-    dst: Option<SocketAddr>,
-    reason: &'static str,
-    detail: &str,
-    status: StatusCode,
-) -> Response<Empty<Bytes>> {
-    ctx.shared.metrics.refused(INBOUND, reason);
-    warn!(
-        direction = INBOUND,
-        peer = %ctx.peer,
-        dst = ?dst,
-        identity = ctx.caller.as_str(),
-        reason,
-        "stream refused: {detail}"
-    );
+fn refuse(ctx: &ConnCtx, refusal: Refusal, status: StatusCode) -> Response<Empty<Bytes>> {
+    refusal
+        .by(&ctx.caller)
+        .record(&ctx.shared.metrics, INBOUND, "stream", ctx.peer);
     reply(status)
 }
 
@@ -165,9 +154,7 @@ async fn stream(ctx: &ConnCtx, mut req: Request<Incoming>) -> Response<Empty<Byt
     if req.method() != Method::CONNECT {
         return refuse(
             ctx,
-            None,
-            "bad_stream",
-            "not a CONNECT request",
+            Refusal::new("bad_stream", "not a CONNECT request"),
             StatusCode::METHOD_NOT_ALLOWED,
         );
     }
@@ -178,9 +165,7 @@ async fn stream(ctx: &ConnCtx, mut req: Request<Incoming>) -> Response<Empty<Byt
     else {
         return refuse(
             ctx,
-            None,
-            "bad_stream",
-            "CONNECT without an ip:port authority",
+            Refusal::new("bad_stream", "CONNECT without an ip:port authority"),
             StatusCode::BAD_REQUEST,
         );
     };
@@ -191,9 +176,7 @@ async fn stream(ctx: &ConnCtx, mut req: Request<Incoming>) -> Response<Empty<Byt
         {
             return refuse(
                 ctx,
-                Some(addr),
-                "loop",
-                "stream to a proxy port",
+                Refusal::new("loop", "stream to a proxy port").at(addr),
                 StatusCode::FORBIDDEN,
             );
         }
@@ -214,9 +197,7 @@ async fn stream(ctx: &ConnCtx, mut req: Request<Incoming>) -> Response<Empty<Byt
                 Err(e) => {
                     return refuse(
                         ctx,
-                        Some(named),
-                        e.reason(),
-                        &e.to_string(),
+                        Refusal::new(e.reason(), e.to_string()).at(named),
                         StatusCode::FORBIDDEN,
                     )
                 }
@@ -229,17 +210,18 @@ async fn stream(ctx: &ConnCtx, mut req: Request<Incoming>) -> Response<Empty<Byt
     {
         Ok(access) => access,
         Err(d) => {
-            shared.metrics.policy_denied(INBOUND, d.reason);
-            return refuse(ctx, Some(dst), d.reason, &d.detail, StatusCode::FORBIDDEN);
+            return refuse(
+                ctx,
+                Refusal::policy(d.reason, d.detail).at(dst),
+                StatusCode::FORBIDDEN,
+            );
         }
     };
     // Streams count against inbound.max_connections like connections of their own.
     let Ok(permit) = shared.inbound_limit.clone().try_acquire_owned() else {
         return refuse(
             ctx,
-            Some(dst),
-            "overloaded",
-            "inbound.max_connections reached",
+            Refusal::new("overloaded", "inbound.max_connections reached").at(dst),
             StatusCode::SERVICE_UNAVAILABLE,
         );
     };
@@ -259,9 +241,7 @@ async fn stream(ctx: &ConnCtx, mut req: Request<Incoming>) -> Response<Empty<Byt
                     let detail = format!("cannot connect to the app at {dst}: {e}");
                     return refuse(
                         ctx,
-                        Some(dst),
-                        "app_unreachable",
-                        &detail,
+                        Refusal::new("app_unreachable", detail).at(dst),
                         StatusCode::SERVICE_UNAVAILABLE,
                     );
                 }

@@ -8,90 +8,85 @@ use std::sync::Arc;
 
 use tokio::net::TcpStream;
 use tokio::sync::OwnedSemaphorePermit;
-use tracing::{debug, info, warn};
+use tracing::{debug, info};
 
 use crate::config::MtlsMode;
 use crate::connector::{self, ConnectError};
 use crate::copy;
 use crate::metrics::OUTBOUND;
 use crate::orig_dst::OriginalDst;
-use crate::Shared;
+use crate::refusal::Refusal;
+use crate::{prevent_loop, Shared};
 
 pub async fn handle(
     shared: Arc<Shared>,
-    mut app: TcpStream,
+    app: TcpStream,
     peer: SocketAddr,
     dst_mode: OriginalDst,
     _permit: OwnedSemaphorePermit,
 ) {
     let _active = shared.metrics.track(OUTBOUND);
-    let dst = match dst_mode.of(&app, peer) {
-        Ok(dst) => dst,
-        Err(e) => {
-            return refuse(
-                &shared,
-                peer,
-                None,
-                "no_original_dst",
-                &format!("not a redirected connection: {e}"),
-            );
-        }
-    };
-    if dst.port() == shared.config.outbound.port
-        && (dst.ip().is_loopback() || dst.ip().is_unspecified())
-    {
-        return refuse(
-            &shared,
-            peer,
-            Some(dst),
-            "loop",
-            "connection to the outbound port itself",
-        );
+    if let Err(refusal) = serve(&shared, app, peer, dst_mode).await {
+        refusal.record(&shared.metrics, OUTBOUND, "connection", peer);
     }
+}
+
+async fn serve(
+    shared: &Shared,
+    mut app: TcpStream,
+    peer: SocketAddr,
+    dst_mode: OriginalDst,
+) -> Result<(), Refusal> {
+    let dst = dst_mode.of(&app, peer).map_err(|e| {
+        Refusal::new(
+            "no_original_dst",
+            format!("not a redirected connection: {e}"),
+        )
+    })?;
+    prevent_loop::outbound(dst, shared.config.outbound.port)?;
     let route = shared.routes.lookup(dst);
     match route.mode {
-        MtlsMode::Off => plain(&shared, app, peer, dst).await,
+        MtlsMode::Off => plain(shared, app, dst).await,
         MtlsMode::Mtls => {
             let timeout = shared.config.timeouts.handshake;
-            match connector::open_mesh(&shared, dst, route.identities.as_deref(), timeout, false)
-                .await
-            {
-                Ok((mut upstream, id)) => {
-                    debug!(%peer, %dst, server = %id, "outbound mTLS established");
-                    shared.metrics.opened(OUTBOUND, "mtls");
-                    copy::bidirectional(OUTBOUND, &shared.metrics, &mut app, &mut upstream).await;
-                }
-                Err(e) => mesh_failed(
-                    &shared,
-                    peer,
-                    dst,
-                    &e,
-                    "mtls is required for this destination; nothing was sent",
-                ),
-            }
+            let (mut upstream, id) =
+                connector::open_mesh(shared, dst, route.identities.as_deref(), timeout, false)
+                    .await
+                    .map_err(|e| {
+                        refusal(
+                            &e,
+                            "mtls is required for this destination; nothing was sent",
+                        )
+                        .at(dst)
+                    })?;
+            debug!(%peer, %dst, server = %id, "outbound mTLS established");
+            shared.metrics.opened(OUTBOUND, "mtls");
+            copy::bidirectional(OUTBOUND, &shared.metrics, &mut app, &mut upstream).await;
+            Ok(())
         }
         MtlsMode::Auto => {
             let generation = shared.store.generation();
             if shared.routes.known_plain(dst, generation) {
-                return plain(&shared, app, peer, dst).await;
+                return plain(shared, app, dst).await;
             }
             // A destination that has proved to be a meshlet peer is held to it: no failure
             // downgrades it while remembered. Others are probed, so that a server which does
             // not speak meshlet can be told from a meshlet peer we must not trust.
             let proven = shared.routes.known_mesh(dst);
             let timeout = shared.config.outbound.auto_detect_timeout;
-            match connector::open_mesh(&shared, dst, None, timeout, !proven).await {
+            match connector::open_mesh(shared, dst, None, timeout, !proven).await {
                 Ok((mut upstream, id)) => {
                     debug!(%peer, %dst, server = %id, "outbound mTLS established (auto)");
                     shared.routes.remember_mesh(dst);
                     shared.metrics.opened(OUTBOUND, "mtls");
                     copy::bidirectional(OUTBOUND, &shared.metrics, &mut app, &mut upstream).await;
+                    Ok(())
                 }
                 Err(e) if !proven && e.peer_is_not_mesh() => {
                     info!(%peer, %dst, reason = e.reason(), error = %e, "auto: destination does not speak meshlet; falling back to plaintext");
                     shared.metrics.auto_fallbacks.inc();
                     shared.routes.remember_plain(dst, generation);
-                    plain(&shared, app, peer, dst).await
+                    plain(shared, app, dst).await
                 }
                 Err(e) => {
                     let consequence = if proven {
@@ -101,55 +96,30 @@ pub async fn handle(
                     } else {
                         "auto: no plaintext fallback for this failure"
                     };
-                    mesh_failed(&shared, peer, dst, &e, consequence)
+                    Err(refusal(&e, consequence).at(dst))
                 }
             }
         }
     }
 }
 
-async fn plain(shared: &Shared, mut app: TcpStream, peer: SocketAddr, dst: SocketAddr) {
-    match connector::connect_tcp(dst, shared.config.timeouts.connect).await {
-        Ok(mut upstream) => {
-            shared.metrics.opened(OUTBOUND, "plain");
-            copy::bidirectional(OUTBOUND, &shared.metrics, &mut app, &mut upstream).await;
-        }
-        Err(e) => refuse(
-            shared,
-            peer,
-            Some(dst),
-            "connect_failed",
-            &format!("cannot connect to {dst}: {e}"),
-        ),
-    }
+async fn plain(shared: &Shared, mut app: TcpStream, dst: SocketAddr) -> Result<(), Refusal> {
+    let mut upstream = connector::connect_tcp(dst, shared.config.timeouts.connect)
+        .await
+        .map_err(|e| {
+            Refusal::new("connect_failed", format!("cannot connect to {dst}: {e}")).at(dst)
+        })?;
+    shared.metrics.opened(OUTBOUND, "plain");
+    copy::bidirectional(OUTBOUND, &shared.metrics, &mut app, &mut upstream).await;
+    Ok(())
 }
 
-fn mesh_failed(
-    shared: &Shared,
-    peer: SocketAddr,
-    dst: SocketAddr,
-    err: &ConnectError,
-    consequence: &str,
-) {
+/// A failure to reach the peer proxy, counted as a handshake failure only when it is one.
+fn refusal(err: &ConnectError, consequence: &str) -> Refusal {
+    let detail = format!("{err}; {consequence}");
     if err.is_handshake_failure() {
-        shared.metrics.handshake_failed(OUTBOUND, err.reason());
+        Refusal::handshake(err.reason(), detail)
+    } else {
+        Refusal::new(err.reason(), detail)
     }
-    refuse(
-        shared,
-        peer,
-        Some(dst),
-        err.reason(),
-        &format!("{err}; {consequence}"),
-    );
-}
-
-fn refuse(
-    shared: &Shared,
-    peer: SocketAddr,
-    dst: Option<SocketAddr>,
-    reason: &'static str,
-    detail: &str,
-) {
-    shared.metrics.refused(OUTBOUND, reason);
-    warn!(direction = OUTBOUND, %peer, dst = ?dst, reason, "connection refused: {detail}");
 }

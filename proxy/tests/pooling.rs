@@ -180,6 +180,19 @@ async fn policy_is_checked_per_stream() {
         1.0,
     )
     .await;
+    // The handshake succeeded; the peer's policy said no: not a handshake failure.
+    assert_metric(
+        &other,
+        r#"meshlet_tls_handshake_failures_total{direction="outbound",reason="stream_refused"}"#,
+        0.0,
+    )
+    .await;
+    assert_metric(
+        &server,
+        r#"meshlet_policy_denials_total{direction="inbound",reason="no_matching_rule"}"#,
+        1.0,
+    )
+    .await;
 }
 
 /// A hand-made peer proxy: an SVID for `path`, clients verified against the client's own trust
