@@ -15,6 +15,9 @@ use meshlet_identity::{IdentityFiles, SpiffeId};
 use serde::{Deserialize, Deserializer};
 use serde_norway::{Mapping, Value};
 
+use crate::http_path::PathMatch;
+use crate::id_match::IdMatch;
+
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
@@ -62,7 +65,7 @@ pub struct RuleConfig {
     /// Exact SPIFFE IDs, prefixes ending in `/*`, or `*` (anyone, even unauthenticated callers
     /// in permissive mode). Absent: any SVID of the trust domain.
     #[serde(default)]
-    pub from: Option<Vec<String>>,
+    pub from: Option<Vec<IdMatch>>,
     #[serde(default)]
     pub http: Option<Vec<HttpRuleConfig>>,
 }
@@ -72,10 +75,34 @@ pub struct RuleConfig {
 pub struct HttpRuleConfig {
     /// Absent: any method.
     #[serde(default)]
-    pub methods: Option<Vec<String>>,
+    pub methods: Option<Vec<HttpMethod>>,
     /// Exact paths, or prefixes ending in `*`. Absent: any path.
     #[serde(default)]
-    pub paths: Option<Vec<String>>,
+    pub paths: Option<Vec<PathMatch>>,
+}
+
+/// An HTTP method as written in a request line: upper-case letters.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub struct HttpMethod(String);
+
+impl HttpMethod {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for HttpMethod {
+    type Error = String;
+
+    fn try_from(m: String) -> Result<Self, String> {
+        if m.is_empty() || !m.bytes().all(|b| b.is_ascii_uppercase()) {
+            return Err(format!(
+                "{m:?} is not an HTTP method in upper case (GET, POST, ...)"
+            ));
+        }
+        Ok(HttpMethod(m))
+    }
 }
 
 /// A port or an inclusive range, written `8080` or `"8000-8100"`.
@@ -175,12 +202,27 @@ pub struct OutboundConfig {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DestinationConfig {
-    pub cidr: String,
+    #[serde(deserialize_with = "cidr")]
+    pub cidr: IpNet,
     #[serde(default)]
     pub ports: Option<Vec<PortSpec>>,
     pub mtls: MtlsMode,
-    #[serde(default)]
-    pub identities: Option<Vec<String>>,
+    #[serde(default, deserialize_with = "spiffe_ids")]
+    pub identities: Option<Vec<SpiffeId>>,
+}
+
+fn cidr<'de, D: Deserializer<'de>>(d: D) -> Result<IpNet, D::Error> {
+    parse_cidr(&String::deserialize(d)?).map_err(serde::de::Error::custom)
+}
+
+fn spiffe_ids<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<SpiffeId>>, D::Error> {
+    Option::<Vec<String>>::deserialize(d)?
+        .map(|ids| {
+            ids.iter()
+                .map(|id| SpiffeId::parse(id).map_err(serde::de::Error::custom))
+                .collect()
+        })
+        .transpose()
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -542,52 +584,17 @@ impl Config {
             if rule.ports.is_empty() {
                 return Err((at("ports"), "a rule names at least one port".into()));
             }
-            for (j, from) in rule.from.iter().flatten().enumerate() {
-                crate::policy::IdMatch::parse(from)
-                    .map_err(|reason| (format!("{}[{j}]", at("from")), reason))?;
-            }
-            for (j, http) in rule.http.iter().flatten().enumerate() {
-                for (k, m) in http.methods.iter().flatten().enumerate() {
-                    if m.is_empty() || !m.bytes().all(|b| b.is_ascii_uppercase()) {
-                        return Err((
-                            format!("{}[{j}].methods[{k}]", at("http")),
-                            format!("{m:?} is not an HTTP method in upper case (GET, POST, ...)"),
-                        ));
-                    }
-                }
-                for (k, p) in http.paths.iter().flatten().enumerate() {
-                    if !p.starts_with('/') {
-                        return Err((
-                            format!("{}[{j}].paths[{k}]", at("http")),
-                            format!("{p:?} does not start with '/'"),
-                        ));
-                    }
-                    if p[..p.len() - usize::from(p.ends_with('*'))].contains('*') {
-                        return Err((
-                            format!("{}[{j}].paths[{k}]", at("http")),
-                            format!("{p:?}: '*' is only allowed at the end (prefix match)"),
-                        ));
-                    }
-                }
-            }
         }
         for (i, d) in self.outbound.destinations.iter().enumerate() {
             let at = |field: &str| format!("outbound.destinations[{i}].{field}");
-            parse_cidr(&d.cidr).map_err(|reason| (at("cidr"), reason))?;
-            if let Some(ids) = &d.identities {
-                if d.mtls != MtlsMode::Mtls {
-                    return Err((
-                        at("identities"),
-                        format!(
-                            "pinning identities needs mtls: mtls (this destination is {})",
-                            d.mtls
-                        ),
-                    ));
-                }
-                for (j, id) in ids.iter().enumerate() {
-                    SpiffeId::parse(id)
-                        .map_err(|e| (format!("{}[{j}]", at("identities")), e.to_string()))?;
-                }
+            if d.identities.is_some() && d.mtls != MtlsMode::Mtls {
+                return Err((
+                    at("identities"),
+                    format!(
+                        "pinning identities needs mtls: mtls (this destination is {})",
+                        d.mtls
+                    ),
+                ));
             }
         }
         Ok(())

@@ -2,14 +2,31 @@
 //! through an allowed prefix with encodings, dot segments or duplicate slashes.
 
 /// An exact path, or a prefix when written with a trailing `*`.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Deserialize)]
+#[serde(try_from = "String")]
 pub enum PathMatch {
     Exact(String),
     Prefix(String),
 }
 
+impl TryFrom<String> for PathMatch {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<Self, String> {
+        Self::parse(&text)
+    }
+}
+
 impl PathMatch {
     pub fn parse(text: &str) -> Result<Self, String> {
+        if !text.starts_with('/') {
+            return Err(format!("{text:?} does not start with '/'"));
+        }
+        if text[..text.len() - usize::from(text.ends_with('*'))].contains('*') {
+            return Err(format!(
+                "{text:?}: '*' is only allowed at the end (prefix match)"
+            ));
+        }
         match text.strip_suffix('*') {
             Some(prefix) => Ok(PathMatch::Prefix(prefix.to_owned())),
             None => Ok(PathMatch::Exact(text.to_owned())),

@@ -14,6 +14,7 @@ pub mod copy;
 pub mod detect;
 pub mod http;
 pub mod http_path;
+pub mod id_match;
 pub mod inbound;
 pub mod listener;
 pub mod local_addrs;
@@ -126,10 +127,8 @@ pub async fn start(
 ) -> anyhow::Result<Running> {
     let provider = meshlet_identity::crypto_provider();
     let tls = tls::configs(store.clone(), provider).context("building the TLS configuration")?;
-    let policy = policy::Policy::new(&config.trust_domain, config.inbound.policy.as_deref())
-        .map_err(|e| anyhow::anyhow!("inbound.policy: {e}"))?;
-    let routes =
-        routes::Routes::new(&config.outbound).map_err(|e| anyhow::anyhow!("outbound: {e}"))?;
+    let policy = policy::Policy::new(&config.trust_domain, config.inbound.policy.as_deref());
+    let routes = routes::Routes::new(&config.outbound);
     let (shutdown, _) = watch::channel(false);
     let http = http::AppClients::new(config.timeouts.connect);
     let inbound_limit = Arc::new(Semaphore::new(config.inbound.max_connections));

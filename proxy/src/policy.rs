@@ -5,60 +5,7 @@
 
 use meshlet_identity::SpiffeId;
 
-use crate::config::{PortSpec, RuleConfig};
-use crate::http_path::PathMatch;
-
-/// One entry of a rule's `from`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum IdMatch {
-    /// `*`: anyone, including unauthenticated callers (permissive mode).
-    Anyone,
-    Exact(SpiffeId),
-    /// `spiffe://td/ns/x/*`: stored without the `*`, so it ends in `/` and matches whole segments.
-    Prefix(String),
-}
-
-impl IdMatch {
-    pub fn parse(text: &str) -> Result<Self, String> {
-        if text == "*" {
-            return Ok(IdMatch::Anyone);
-        }
-        if let Some(prefix) = text.strip_suffix("/*") {
-            SpiffeId::parse(prefix).map_err(|e| format!("prefix {text:?}: {e}"))?;
-            return Ok(IdMatch::Prefix(format!("{prefix}/")));
-        }
-        if text.contains('*') {
-            return Err(format!("{text:?}: '*' is only allowed as a whole last segment (spiffe://td/ns/x/*) or alone"));
-        }
-        SpiffeId::parse(text)
-            .map(IdMatch::Exact)
-            .map_err(|e| e.to_string())
-    }
-
-    fn matches(&self, caller: Option<&SpiffeId>) -> bool {
-        match (self, caller) {
-            (IdMatch::Anyone, _) => true,
-            (IdMatch::Exact(id), Some(c)) => id == c,
-            (IdMatch::Prefix(p), Some(c)) => c.as_str().starts_with(p.as_str()),
-            (_, None) => false,
-        }
-    }
-}
-
-/// A request-level condition of an HTTP rule.
-#[derive(Clone, Debug)]
-pub struct HttpMatch {
-    pub methods: Option<Vec<String>>,
-    pub paths: Option<Vec<PathMatch>>,
-}
-
-#[derive(Clone, Debug)]
-struct Rule {
-    ports: Vec<PortSpec>,
-    /// `None`: any SVID of our trust domain.
-    from: Option<Vec<IdMatch>>,
-    http: Option<Vec<HttpMatch>>,
-}
+use crate::config::RuleConfig;
 
 /// What a connection may do once admitted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -79,7 +26,8 @@ pub struct Denial {
 #[derive(Clone, Debug)]
 pub struct Policy {
     trust_domain: String,
-    rules: Option<Vec<Rule>>,
+    /// Parsed by the configuration already: nothing here can fail.
+    rules: Option<Vec<RuleConfig>>,
 }
 
 fn caller_name(caller: Option<&SpiffeId>) -> &str {
@@ -89,59 +37,14 @@ fn caller_name(caller: Option<&SpiffeId>) -> &str {
 }
 
 impl Policy {
-    /// Builds the policy from validated configuration.
-    pub fn new(trust_domain: &str, rules: Option<&[RuleConfig]>) -> Result<Self, String> {
-        let rules = match rules {
-            None => None,
-            Some(rules) => Some(
-                rules
-                    .iter()
-                    .map(|r| {
-                        Ok(Rule {
-                            ports: r.ports.clone(),
-                            from: r
-                                .from
-                                .as_ref()
-                                .map(|f| {
-                                    f.iter()
-                                        .map(|s| IdMatch::parse(s))
-                                        .collect::<Result<_, _>>()
-                                })
-                                .transpose()?,
-                            http: r
-                                .http
-                                .as_ref()
-                                .map(|hs| {
-                                    hs.iter()
-                                        .map(|h| {
-                                            Ok(HttpMatch {
-                                                methods: h.methods.clone(),
-                                                paths: h
-                                                    .paths
-                                                    .as_ref()
-                                                    .map(|ps| {
-                                                        ps.iter()
-                                                            .map(|p| PathMatch::parse(p))
-                                                            .collect()
-                                                    })
-                                                    .transpose()?,
-                                            })
-                                        })
-                                        .collect::<Result<_, String>>()
-                                })
-                                .transpose()?,
-                        })
-                    })
-                    .collect::<Result<_, String>>()?,
-            ),
-        };
-        Ok(Policy {
+    pub fn new(trust_domain: &str, rules: Option<&[RuleConfig]>) -> Self {
+        Policy {
             trust_domain: trust_domain.to_owned(),
-            rules,
-        })
+            rules: rules.map(<[RuleConfig]>::to_vec),
+        }
     }
 
-    fn caller_matches(&self, rule: &Rule, caller: Option<&SpiffeId>) -> bool {
+    fn caller_matches(&self, rule: &RuleConfig, caller: Option<&SpiffeId>) -> bool {
         match &rule.from {
             None => caller.is_some_and(|c| c.trust_domain() == self.trust_domain),
             Some(list) => list.iter().any(|m| m.matches(caller)),
@@ -199,7 +102,7 @@ impl Policy {
                     Some(hs) => hs.iter().any(|h| {
                         h.methods
                             .as_ref()
-                            .is_none_or(|ms| ms.iter().any(|m| m == method))
+                            .is_none_or(|ms| ms.iter().any(|m| m.as_str() == method))
                             && h.paths
                                 .as_ref()
                                 .is_none_or(|ps| ps.iter().any(|p| p.matches(path)))
@@ -230,12 +133,12 @@ mod tests {
 
     fn policy(yaml: &str) -> Policy {
         let rules: Vec<RuleConfig> = serde_norway::from_str(yaml).unwrap();
-        Policy::new("cluster.local", Some(&rules)).unwrap()
+        Policy::new("cluster.local", Some(&rules))
     }
 
     #[test]
     fn without_a_policy_any_svid_of_the_trust_domain_may_call() {
-        let p = Policy::new("cluster.local", None).unwrap();
+        let p = Policy::new("cluster.local", None);
         assert_eq!(
             p.check_connection(Some(&id("spiffe://cluster.local/a")), 80),
             Ok(Access::Tcp)

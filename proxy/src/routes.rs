@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use ipnet::IpNet;
 use meshlet_identity::SpiffeId;
 
-use crate::config::{parse_cidr, MtlsMode, OutboundConfig, PortSpec};
+use crate::config::{MtlsMode, OutboundConfig, PortSpec};
 
 /// How to reach one destination.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -56,30 +56,21 @@ fn remember(map: &Mutex<HashMap<SocketAddr, Instant>>, dst: SocketAddr, ttl: Dur
 }
 
 impl Routes {
-    pub fn new(config: &OutboundConfig) -> Result<Self, String> {
+    /// Built from configuration that was parsed already: nothing here can fail.
+    pub fn new(config: &OutboundConfig) -> Self {
         let entries = config
             .destinations
             .iter()
-            .map(|d| {
-                Ok(Entry {
-                    net: parse_cidr(&d.cidr)?,
-                    ports: d.ports.clone(),
-                    route: Route {
-                        mode: d.mtls,
-                        identities: d
-                            .identities
-                            .as_ref()
-                            .map(|ids| {
-                                ids.iter()
-                                    .map(|i| SpiffeId::parse(i).map_err(|e| e.to_string()))
-                                    .collect()
-                            })
-                            .transpose()?,
-                    },
-                })
+            .map(|d| Entry {
+                net: d.cidr,
+                ports: d.ports.clone(),
+                route: Route {
+                    mode: d.mtls,
+                    identities: d.identities.clone(),
+                },
             })
-            .collect::<Result<_, String>>()?;
-        Ok(Routes {
+            .collect();
+        Routes {
             entries,
             default: Route {
                 mode: config.mtls,
@@ -88,7 +79,7 @@ impl Routes {
             fallback_ttl: config.auto_fallback_ttl,
             plain_until: Mutex::new(HashMap::new()),
             mesh_until: Mutex::new(HashMap::new()),
-        })
+        }
     }
 
     /// The first destination entry that matches, else the default.
@@ -156,7 +147,7 @@ mod tests {
     fn routes(yaml: &str) -> Routes {
         let f = tempfile::NamedTempFile::new().unwrap();
         std::fs::write(f.path(), yaml).unwrap();
-        Routes::new(&Config::load(Some(f.path()), &[]).unwrap().outbound).unwrap()
+        Routes::new(&Config::load(Some(f.path()), &[]).unwrap().outbound)
     }
 
     #[test]
