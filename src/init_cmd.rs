@@ -9,19 +9,19 @@ use crate::Failure;
 #[derive(Args, Debug)]
 pub struct InitArgs {
     /// uid the proxy runs as; its traffic is never captured
-    #[arg(long, default_value_t = 1337)]
+    #[arg(long, default_value_t = meshlet_defaults::PROXY_UID)]
     proxy_uid: u32,
     /// gid the proxy runs as; its traffic is never captured either
     #[arg(long)]
     proxy_gid: Option<u32>,
     /// port of the proxy's inbound listener
-    #[arg(long, default_value_t = 15006)]
+    #[arg(long, default_value_t = meshlet_defaults::INBOUND_PORT)]
     inbound_port: u16,
     /// port of the proxy's outbound listener
-    #[arg(long, default_value_t = 15001)]
+    #[arg(long, default_value_t = meshlet_defaults::OUTBOUND_PORT)]
     outbound_port: u16,
     /// port of the proxy's admin server (never captured)
-    #[arg(long, default_value_t = 15021)]
+    #[arg(long, default_value_t = meshlet_defaults::ADMIN_PORT)]
     admin_port: u16,
     /// inbound ports to capture: '*' or a list (8080,9000-9100); '' captures none
     #[arg(long, default_value = "*", value_name = "'*'|P,..")]

@@ -75,11 +75,11 @@ pub struct CaptureConfig {
 impl Default for CaptureConfig {
     fn default() -> Self {
         CaptureConfig {
-            proxy_uid: 1337,
+            proxy_uid: meshlet_defaults::PROXY_UID,
             proxy_gid: None,
-            inbound_port: 15006,
-            outbound_port: 15001,
-            admin_port: 15021,
+            inbound_port: meshlet_defaults::INBOUND_PORT,
+            outbound_port: meshlet_defaults::OUTBOUND_PORT,
+            admin_port: meshlet_defaults::ADMIN_PORT,
             include_inbound_ports: PortSelection::All,
             exclude_inbound_ports: Vec::new(),
             include_outbound_cidrs: CidrSelection::All,

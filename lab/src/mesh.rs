@@ -12,7 +12,7 @@ use meshlet_identity::SpiffeId;
 
 use crate::netns::{run, Lab, Pod};
 
-pub const PROXY_UID: u32 = 1337;
+pub const PROXY_UID: u32 = meshlet_defaults::PROXY_UID;
 pub const TRUST_DOMAIN: &str = "cluster.local";
 
 pub struct Mesh {
@@ -97,7 +97,7 @@ impl Mesh {
         let mut cmd = self.lab.cmd_as(pod, PROXY_UID, &self.exe);
         cmd.arg("proxy").arg("--config").arg(&config);
         self.lab.spawn(&format!("proxy-{}", pod.name), cmd, &log)?;
-        let admin: SocketAddr = "127.0.0.1:15021".parse()?;
+        let admin = SocketAddr::from(([127, 0, 0, 1], meshlet_defaults::ADMIN_PORT));
         Lab::wait_for(Duration::from_secs(10), || {
             self.lab.check_alive()?;
             let r = self.get(pod, admin, &["/ready"])?;

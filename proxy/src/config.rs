@@ -344,7 +344,7 @@ impl Default for IdentityConfig {
 impl Default for InboundConfig {
     fn default() -> Self {
         InboundConfig {
-            port: 15006,
+            port: meshlet_defaults::INBOUND_PORT,
             mode: InboundMode::Strict,
             policy: None,
             max_connections: 16384,
@@ -355,7 +355,7 @@ impl Default for InboundConfig {
 impl Default for OutboundConfig {
     fn default() -> Self {
         OutboundConfig {
-            port: 15001,
+            port: meshlet_defaults::OUTBOUND_PORT,
             mtls: MtlsMode::Auto,
             transport: Transport::Pooled,
             destinations: Vec::new(),
@@ -369,7 +369,7 @@ impl Default for OutboundConfig {
 impl Default for AdminConfig {
     fn default() -> Self {
         AdminConfig {
-            address: SocketAddr::from(([0, 0, 0, 0], 15021)),
+            address: SocketAddr::from(([0, 0, 0, 0], meshlet_defaults::ADMIN_PORT)),
         }
     }
 }
