@@ -1,6 +1,8 @@
 //! Opening upstream connections: plain TCP, or mTLS to the peer's meshlet proxy.
 //!
-//! This is the seam where the transport between proxies is chosen: [`open_mesh`] gives either a
+//! [`Dialer`] opens one authenticated connection to a peer proxy (built once: the client TLS
+//! configurations, the identity store, the metrics, the connect timeout). [`Connector`] is the
+//! seam where the transport between proxies is chosen: [`Connector::open_mesh`] gives either a
 //! stream over a pooled connection (ALPN `meshlet-mux/1`, see `pool`) or a connection of its own
 //! (ALPN `meshlet/1`), per `outbound.transport` and what the peer supports.
 
@@ -13,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
-use meshlet_identity::SpiffeId;
+use meshlet_identity::{IdentityStore, SpiffeId};
 use rustls::ClientConfig;
 use rustls_pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -22,10 +24,11 @@ use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
 use crate::config::Transport;
+use crate::metrics::Metrics;
 use crate::metrics::OUTBOUND;
+use crate::pool::Pool;
 use crate::read_ahead::ReadAhead;
-use crate::tls::{self, ALPN_MESH, ALPN_MUX};
-use crate::Shared;
+use crate::tls::{self, TlsConfigs, ALPN_MESH, ALPN_MUX};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
@@ -131,23 +134,60 @@ pub struct MeshConn {
     pub mux: bool,
 }
 
-/// Connects to `dst` and completes an mTLS handshake with the meshlet proxy there. With
-/// `probe`, a certificate failure is reported only once the server has shown meshlet's ALPN
-/// (see [`crate::tls::TlsConfigs::probe`]), so that `auto` can tell the two apart.
-pub async fn connect_tls(
-    shared: &Shared,
+/// Opens authenticated connections to peer proxies. Built once per proxy.
+pub struct Dialer {
+    pub tls: TlsConfigs,
+    pub store: Arc<IdentityStore>,
+    pub metrics: Arc<Metrics>,
+    pub connect_timeout: Duration,
+}
+
+impl Dialer {
+    /// Connects to `dst` and completes an mTLS handshake with the meshlet proxy there. With
+    /// `probe`, a certificate failure is reported only once the server has shown meshlet's ALPN
+    /// (see [`crate::tls::TlsConfigs::probe`]), so that `auto` can tell the two apart.
+    pub async fn connect_tls(
+        &self,
+        dst: SocketAddr,
+        config: Arc<ClientConfig>,
+        handshake_timeout: Duration,
+        probe: bool,
+    ) -> Result<MeshConn, ConnectError> {
+        connect_tls(self, dst, config, handshake_timeout, probe).await
+    }
+
+    /// An mTLS connection of its own to the peer at `dst` (ALPN `meshlet/1`).
+    pub async fn own_connection(
+        &self,
+        dst: SocketAddr,
+        pins: Option<&[SpiffeId]>,
+        handshake_timeout: Duration,
+        probe: bool,
+    ) -> Result<(Upstream, SpiffeId), ConnectError> {
+        // Boxed: the handshake's state is large and short-lived; inline, it would size the task
+        // of every outbound connection for its whole life.
+        let conn =
+            Box::pin(self.connect_tls(dst, self.tls.client.clone(), handshake_timeout, probe))
+                .await?;
+        check_pins(dst, &conn.peer, pins)?;
+        Ok((Upstream::Tls(Box::new(conn.stream)), conn.peer))
+    }
+}
+
+async fn connect_tls(
+    dialer: &Dialer,
     dst: SocketAddr,
     config: Arc<ClientConfig>,
     handshake_timeout: Duration,
     probe: bool,
 ) -> Result<MeshConn, ConnectError> {
     let (config, verdict) = if probe {
-        let (config, verdict) = shared.tls.probe(&config);
+        let (config, verdict) = dialer.tls.probe(&config);
         (config, Some(verdict))
     } else {
         (config, None)
     };
-    let tcp = connect_tcp(dst, shared.config.timeouts.connect)
+    let tcp = connect_tcp(dst, dialer.connect_timeout)
         .await
         .map_err(|err| ConnectError::Connect { dst, err })?;
     let started = Instant::now();
@@ -195,7 +235,7 @@ pub async fn connect_tls(
     if mux {
         stream.get_mut().0.enable();
     }
-    shared
+    dialer
         .metrics
         .handshake_seconds
         .get_or_create(&crate::metrics::DirLabels {
@@ -238,48 +278,41 @@ pub enum Upstream {
     Stream(TokioIo<Upgraded>),
 }
 
-/// Opens an authenticated path to the meshlet proxy at `dst`, per `outbound.transport`.
-/// Nothing of the application is sent: the caller copies only after this returns `Ok`.
-pub async fn open_mesh(
-    shared: &Shared,
-    dst: SocketAddr,
-    pins: Option<&[SpiffeId]>,
-    handshake_timeout: Duration,
-    probe: bool,
-) -> Result<(Upstream, SpiffeId), ConnectError> {
-    match shared.config.outbound.transport {
-        Transport::Pooled => {
-            shared
-                .pool
-                .open(shared, dst, pins, handshake_timeout, probe)
-                .await
-        }
-        Transport::PerConnection => {
-            own_connection(shared, dst, pins, handshake_timeout, probe).await
-        }
-    }
+/// Opens authenticated paths to peer proxies, per `outbound.transport`.
+pub struct Connector {
+    pub dialer: Arc<Dialer>,
+    pub pool: Pool,
+    pub transport: Transport,
 }
 
-/// An mTLS connection of its own to the peer at `dst` (ALPN `meshlet/1`).
-pub async fn own_connection(
-    shared: &Shared,
-    dst: SocketAddr,
-    pins: Option<&[SpiffeId]>,
-    handshake_timeout: Duration,
-    probe: bool,
-) -> Result<(Upstream, SpiffeId), ConnectError> {
-    // Boxed: the handshake's state is large and short-lived; inline, it would size the task of
-    // every outbound connection for its whole life.
-    let conn = Box::pin(connect_tls(
-        shared,
-        dst,
-        shared.tls.client.clone(),
-        handshake_timeout,
-        probe,
-    ))
-    .await?;
-    check_pins(dst, &conn.peer, pins)?;
-    Ok((Upstream::Tls(Box::new(conn.stream)), conn.peer))
+impl Connector {
+    pub fn new(dialer: Dialer, transport: Transport) -> Self {
+        let dialer = Arc::new(dialer);
+        Connector {
+            pool: Pool::new(dialer.clone()),
+            dialer,
+            transport,
+        }
+    }
+
+    /// An authenticated path to the meshlet proxy at `dst`. Nothing of the application is sent:
+    /// the caller copies only after this returns `Ok`.
+    pub async fn open_mesh(
+        &self,
+        dst: SocketAddr,
+        pins: Option<&[SpiffeId]>,
+        handshake_timeout: Duration,
+        probe: bool,
+    ) -> Result<(Upstream, SpiffeId), ConnectError> {
+        match self.transport {
+            Transport::Pooled => self.pool.open(dst, pins, handshake_timeout, probe).await,
+            Transport::PerConnection => {
+                self.dialer
+                    .own_connection(dst, pins, handshake_timeout, probe)
+                    .await
+            }
+        }
+    }
 }
 
 impl AsyncRead for Upstream {

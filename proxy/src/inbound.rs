@@ -150,7 +150,7 @@ async fn mesh(
     dst_mode: OriginalDst,
 ) -> Result<(), Refusal> {
     let started = Instant::now();
-    let acceptor = TlsAcceptor::from(shared.tls.server.clone());
+    let acceptor = TlsAcceptor::from(shared.tls_server.clone());
     // Boxed, like the result below: the handshake's state is large, and inline it would size
     // (and be copied with) the task of every inbound connection for its whole life.
     let handshake = Box::pin(tokio::time::timeout(

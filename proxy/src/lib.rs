@@ -52,12 +52,14 @@ pub use orig_dst::OriginalDst;
 pub struct Shared {
     pub config: Config,
     pub store: Arc<IdentityStore>,
-    pub tls: tls::TlsConfigs,
+    /// The inbound side's TLS configuration (the client side's lives in the connector).
+    pub tls_server: Arc<rustls::ServerConfig>,
     pub policy: policy::Policy,
     pub routes: routes::Routes,
     pub metrics: Arc<metrics::Metrics>,
     pub http: http::AppClients,
-    pub pool: pool::Pool,
+    /// Opens mTLS to peer proxies: pooled or per connection.
+    pub connector: connector::Connector,
     /// Inbound connections and pooled streams handled at once (`inbound.max_connections`).
     pub inbound_limit: Arc<Semaphore>,
     /// This pod's addresses: the only ones the inbound side dials.
@@ -132,6 +134,17 @@ pub async fn start(
     let (shutdown, _) = watch::channel(false);
     let http = http::AppClients::new(config.timeouts.connect);
     let inbound_limit = Arc::new(Semaphore::new(config.inbound.max_connections));
+    let metrics = Arc::new(metrics::Metrics::new());
+    let tls_server = tls.server.clone();
+    let connector = connector::Connector::new(
+        connector::Dialer {
+            tls,
+            store: store.clone(),
+            metrics: metrics.clone(),
+            connect_timeout: config.timeouts.connect,
+        },
+        config.outbound.transport,
+    );
     let proxy_ports = on_this_pod::ProxyPorts {
         inbound: config.inbound.port,
         outbound: config.outbound.port,
@@ -142,13 +155,13 @@ pub async fn start(
         local: local_addrs::LocalAddrs::default(),
         proxy_ports,
         config,
+        tls_server,
+        connector,
         store,
-        tls,
         policy,
         routes,
-        metrics: Arc::new(metrics::Metrics::new()),
+        metrics,
         http,
-        pool: pool::Pool::default(),
         ready: AtomicBool::new(false),
         shutdown,
     });
@@ -173,7 +186,7 @@ pub async fn start(
         let (sh, dst, lim) = (shared.clone(), listeners.inbound_dst, inbound_limit.clone());
         tasks.push(tokio::spawn(listener::serve(
             l,
-            sh.clone(),
+            sh.shutdown.subscribe(),
             lim,
             move |conn, peer, permit| inbound::handle(sh.clone(), conn, peer, dst, permit),
         )));
@@ -190,7 +203,7 @@ pub async fn start(
         );
         tasks.push(tokio::spawn(listener::serve(
             l,
-            sh.clone(),
+            sh.shutdown.subscribe(),
             lim,
             move |conn, peer, permit| outbound::handle(sh.clone(), conn, peer, dst, permit),
         )));

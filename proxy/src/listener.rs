@@ -8,10 +8,8 @@ use std::time::Duration;
 use anyhow::Context;
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tracing::{debug, warn};
-
-use crate::Shared;
 
 /// Binds a listening socket. IPv6 sockets are v6-only (the IPv4 listener is separate);
 /// `Ok(None)` when the address is IPv6 and this host has no IPv6.
@@ -52,19 +50,18 @@ pub fn bind(addr: SocketAddr) -> anyhow::Result<Option<TcpListener>> {
     Ok(Some(TcpListener::from_std(socket.into())?))
 }
 
-/// Accepts until shutdown. At most as many connections as the semaphore has permits are
+/// Accepts until `stop` turns true (shutdown). At most as many connections as the semaphore has permits are
 /// handled at once (pooled streams take permits from the same semaphore); beyond that, callers
 /// wait in the kernel's accept queue. The handler holds the permit for as long as it runs.
 pub async fn serve<F, Fut>(
     listener: TcpListener,
-    shared: Arc<Shared>,
+    mut stop: watch::Receiver<bool>,
     limit: Arc<Semaphore>,
     handler: F,
 ) where
     F: Fn(TcpStream, SocketAddr, OwnedSemaphorePermit) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
-    let mut stop = shared.shutdown.subscribe();
     loop {
         let accepted = tokio::select! {
             r = listener.accept() => r,

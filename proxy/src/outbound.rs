@@ -49,16 +49,17 @@ async fn serve(
         MtlsMode::Off => plain(shared, app, dst).await,
         MtlsMode::Mtls => {
             let timeout = shared.config.timeouts.handshake;
-            let (mut upstream, id) =
-                connector::open_mesh(shared, dst, route.identities.as_deref(), timeout, false)
-                    .await
-                    .map_err(|e| {
-                        refusal(
-                            &e,
-                            "mtls is required for this destination; nothing was sent",
-                        )
-                        .at(dst)
-                    })?;
+            let (mut upstream, id) = shared
+                .connector
+                .open_mesh(dst, route.identities.as_deref(), timeout, false)
+                .await
+                .map_err(|e| {
+                    refusal(
+                        &e,
+                        "mtls is required for this destination; nothing was sent",
+                    )
+                    .at(dst)
+                })?;
             debug!(%peer, %dst, server = %id, "outbound mTLS established");
             shared.metrics.opened(OUTBOUND, "mtls");
             copy::bidirectional(OUTBOUND, &shared.metrics, &mut app, &mut upstream).await;
@@ -74,7 +75,11 @@ async fn serve(
             // not speak meshlet can be told from a meshlet peer we must not trust.
             let proven = shared.routes.known_mesh(dst);
             let timeout = shared.config.outbound.auto_detect_timeout;
-            match connector::open_mesh(shared, dst, None, timeout, !proven).await {
+            match shared
+                .connector
+                .open_mesh(dst, None, timeout, !proven)
+                .await
+            {
                 Ok((mut upstream, id)) => {
                     debug!(%peer, %dst, server = %id, "outbound mTLS established (auto)");
                     shared.routes.remember_mesh(dst);

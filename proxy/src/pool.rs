@@ -26,9 +26,9 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use meshlet_identity::SpiffeId;
 use tracing::{debug, info};
 
-use crate::connector::{check_pins, connect_tls, own_connection, ConnectError, Upstream};
+use crate::connector::{check_pins, ConnectError, Dialer, Upstream};
+use crate::locate;
 use crate::metrics::OUTBOUND;
-use crate::{locate, Shared};
 
 /// Header a peer sets when it refuses a stream because the pooled connection is stale.
 pub const RETRY_HEADER: &str = "meshlet-retry";
@@ -73,8 +73,8 @@ type Slot = Arc<tokio::sync::Mutex<Option<PooledConn>>>;
 /// cannot grow the pool without bound.
 const MAX_PEERS: usize = 1024;
 
-#[derive(Default)]
 pub struct Pool {
+    dialer: Arc<Dialer>,
     slots: Mutex<HashMap<IpAddr, Slot>>,
     /// Peers that answered the pooled ALPN with the per-connection one.
     no_mux: Mutex<HashMap<IpAddr, ()>>,
@@ -97,6 +97,15 @@ enum Dialed {
 }
 
 impl Pool {
+    pub fn new(dialer: Arc<Dialer>) -> Self {
+        Pool {
+            dialer,
+            slots: Mutex::default(),
+            no_mux: Mutex::default(),
+            virtual_dsts: Mutex::default(),
+        }
+    }
+
     fn slot(&self, ip: IpAddr) -> Slot {
         let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
         if slots.len() >= MAX_PEERS && !slots.contains_key(&ip) {
@@ -173,19 +182,26 @@ impl Pool {
     /// connection of its own. `probe`: see [`crate::tls::TlsConfigs::probe`].
     pub async fn open(
         &self,
-        shared: &Shared,
         dst: SocketAddr,
         pins: Option<&[SpiffeId]>,
         handshake_timeout: Duration,
         probe: bool,
     ) -> Result<(Upstream, SpiffeId), ConnectError> {
         if self.peer_lacks_mux(dst.ip()) {
-            return own_connection(shared, dst, pins, handshake_timeout, probe).await;
+            return self
+                .dialer
+                .own_connection(dst, pins, handshake_timeout, probe)
+                .await;
         }
         let mut target = if self.is_virtual(dst) {
-            match self.locate(shared, dst).await {
+            match self.locate(dst).await {
                 Some(pod) => Target::Located(pod),
-                None => return own_connection(shared, dst, pins, handshake_timeout, probe).await,
+                None => {
+                    return self
+                        .dialer
+                        .own_connection(dst, pins, handshake_timeout, probe)
+                        .await
+                }
             }
         } else {
             Target::AsDialed(dst)
@@ -197,7 +213,7 @@ impl Pool {
             let addr = match target {
                 Target::AsDialed(a) | Target::Located(a) => a,
             };
-            let conn = match self.pooled(shared, addr, handshake_timeout, probe).await? {
+            let conn = match self.pooled(addr, handshake_timeout, probe).await? {
                 Dialed::Pooled(conn) => conn,
                 Dialed::Own(upstream, peer) => {
                     check_pins(dst, &peer, pins)?;
@@ -212,7 +228,7 @@ impl Pool {
                 .unwrap_or(Err(StreamError::TimedOut));
             let err = match opened {
                 Ok(io) => {
-                    shared
+                    self.dialer
                         .metrics
                         .mux_streams
                         .get_or_create(&crate::metrics::DirLabels {
@@ -240,10 +256,12 @@ impl Pool {
                     };
                     target = match follow {
                         Some(pod) => Target::Located(pod),
-                        None => match self.locate(shared, dst).await {
+                        None => match self.locate(dst).await {
                             Some(pod) => Target::Located(pod),
                             None => {
-                                return own_connection(shared, dst, pins, handshake_timeout, probe)
+                                return self
+                                    .dialer
+                                    .own_connection(dst, pins, handshake_timeout, probe)
                                     .await
                             }
                         },
@@ -287,8 +305,8 @@ impl Pool {
 
     /// The pod a virtual destination leads to for this connection; `None` (logged) when it
     /// cannot be told, e.g. a backend without meshlet.
-    async fn locate(&self, shared: &Shared, dst: SocketAddr) -> Option<SocketAddr> {
-        match locate::locate(dst, shared.config.timeouts.connect).await {
+    async fn locate(&self, dst: SocketAddr) -> Option<SocketAddr> {
+        match locate::locate(dst, self.dialer.connect_timeout).await {
             Ok(pod) => Some(pod),
             Err(e) => {
                 debug!(%dst, error = %e, "cannot locate the pod behind a virtual destination; connecting through it");
@@ -300,14 +318,13 @@ impl Pool {
     /// The live pooled connection to `dst`'s IP, opened when missing, dead or stale.
     async fn pooled(
         &self,
-        shared: &Shared,
         dst: SocketAddr,
         handshake_timeout: Duration,
         probe: bool,
     ) -> Result<Dialed, ConnectError> {
         let slot = self.slot(dst.ip());
         let mut guard = slot.lock().await;
-        let generation = shared.store.generation();
+        let generation = self.dialer.store.generation();
         if let Some(conn) = guard.as_ref() {
             if conn.usable(generation) {
                 return Ok(Dialed::Pooled(conn.clone()));
@@ -316,7 +333,7 @@ impl Pool {
         *guard = None;
         // Boxed: dialing is rare and its state large; inline, it would size every app
         // connection's task.
-        let dialed = Box::pin(self.dial(shared, dst, handshake_timeout, generation, probe)).await?;
+        let dialed = Box::pin(self.dial(dst, handshake_timeout, generation, probe)).await?;
         if let Dialed::Pooled(pooled) = &dialed {
             *guard = Some(pooled.clone());
         }
@@ -326,20 +343,20 @@ impl Pool {
     /// Opens a pooled connection to `dst` (or, if the peer declines, one of its own).
     async fn dial(
         &self,
-        shared: &Shared,
         dst: SocketAddr,
         handshake_timeout: Duration,
         generation: u64,
         probe: bool,
     ) -> Result<Dialed, ConnectError> {
-        let conn = connect_tls(
-            shared,
-            dst,
-            shared.tls.client_mux.clone(),
-            handshake_timeout,
-            probe,
-        )
-        .await?;
+        let conn = self
+            .dialer
+            .connect_tls(
+                dst,
+                self.dialer.tls.client_mux.clone(),
+                handshake_timeout,
+                probe,
+            )
+            .await?;
         if !conn.mux {
             if let Ok(mut m) = self.no_mux.lock() {
                 if m.len() >= MAX_PEERS {
@@ -367,7 +384,7 @@ impl Pool {
                 debug!(%dst, error = %e, "pooled connection ended");
             }
         });
-        shared
+        self.dialer
             .metrics
             .mux_connections
             .get_or_create(&crate::metrics::DirLabels {
