@@ -21,6 +21,7 @@ pub mod local_addrs;
 pub mod locate;
 pub mod metrics;
 pub mod mux;
+pub mod mux_wire;
 pub mod on_this_pod;
 pub mod orig_dst;
 pub mod outbound;

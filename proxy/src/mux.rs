@@ -20,12 +20,12 @@ use tokio::sync::Notify;
 use tracing::debug;
 
 use crate::metrics::{DirLabels, INBOUND};
+use crate::mux_wire::{
+    CONNECTION_WINDOW, MAX_FRAME, REACHED_HEADER, RETRY_HEADER, SEND_BUF, STREAM_WINDOW,
+};
 use crate::on_this_pod::{self, NotOnThisPod};
 use crate::orig_dst::OriginalDst;
 use crate::policy::Access;
-use crate::pool::{
-    CONNECTION_WINDOW, MAX_FRAME, REACHED_HEADER, RETRY_HEADER, SEND_BUF, STREAM_WINDOW,
-};
 use crate::refusal::Refusal;
 use crate::{connector, copy, http, Shared};
 

@@ -29,22 +29,13 @@ use tracing::{debug, info};
 use crate::connector::{check_pins, ConnectError, Dialer, Upstream};
 use crate::locate;
 use crate::metrics::OUTBOUND;
-
-/// Header a peer sets when it refuses a stream because the pooled connection is stale.
-pub const RETRY_HEADER: &str = "meshlet-retry";
-/// Header of a 421 answer: the pod address and port the pooled connection really reached.
-pub const REACHED_HEADER: &str = "meshlet-reached";
+use crate::mux_wire::{
+    CONNECTION_WINDOW, MAX_FRAME, REACHED_HEADER, RETRY_HEADER, SEND_BUF, STREAM_WINDOW,
+};
 
 /// How long a destination found to be virtual is remembered. Service addresses are stable; the
 /// bound only keeps a reused address from being treated as virtual forever.
 const VIRTUAL_TTL: Duration = Duration::from_secs(600);
-
-/// Flow-control windows: large enough that one stream can fill a fast link.
-pub const STREAM_WINDOW: u32 = 4 << 20;
-pub const CONNECTION_WINDOW: u32 = 16 << 20;
-pub const MAX_FRAME: u32 = 1 << 20;
-/// Bytes hyper may buffer per stream before asking the writer to wait.
-pub const SEND_BUF: usize = 4 << 20;
 
 #[derive(Clone)]
 struct PooledConn {

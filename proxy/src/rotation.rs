@@ -20,6 +20,26 @@ const DEBOUNCE: Duration = Duration::from_millis(250);
 /// Re-read even without events: a safety net for filesystems that do not report changes.
 const PERIODIC: Duration = Duration::from_secs(30);
 
+/// What prompted a reload: an operator's SIGHUP deserves an answer even when nothing changed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Trigger {
+    FileChange,
+    Sighup,
+    Periodic,
+    WorkloadApi,
+}
+
+impl Trigger {
+    fn label(self) -> &'static str {
+        match self {
+            Trigger::FileChange => "file change",
+            Trigger::Sighup => "SIGHUP",
+            Trigger::Periodic => "periodic check",
+            Trigger::WorkloadApi => "Workload API update",
+        }
+    }
+}
+
 /// What a reload did.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Reload {
@@ -34,11 +54,11 @@ pub fn reload(
     files: &IdentityFiles,
     trust_domain: &str,
     metrics: &Metrics,
-    why: &str,
+    trigger: Trigger,
 ) -> Reload {
     let provider = meshlet_identity::crypto_provider();
     let loaded = Identity::load(files, trust_domain, &provider).map_err(|e| e.to_string());
-    apply(store, loaded, metrics, why)
+    apply(store, loaded, metrics, trigger)
 }
 
 /// Swaps in a freshly loaded identity when it differs from the current one; a load that failed
@@ -47,12 +67,13 @@ pub fn apply(
     store: &IdentityStore,
     loaded: Result<Identity, String>,
     metrics: &Metrics,
-    why: &str,
+    trigger: Trigger,
 ) -> Reload {
+    let why = trigger.label();
     match loaded {
         Ok(new) => {
             if new.same_as(&store.current()) {
-                if why == "SIGHUP" {
+                if trigger == Trigger::Sighup {
                     info!(why, "identity files reloaded: unchanged");
                 } else {
                     debug!(why, "identity unchanged");
@@ -140,15 +161,15 @@ pub fn spawn_watcher(
         let mut tick = tokio::time::interval(PERIODIC);
         tick.tick().await;
         loop {
-            let why = tokio::select! {
+            let trigger = tokio::select! {
                 _ = changed.notified() => {
                     tokio::time::sleep(DEBOUNCE).await;
-                    "file change"
+                    Trigger::FileChange
                 }
-                Some(_) = async { match hup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => "SIGHUP",
-                _ = tick.tick() => "periodic check",
+                Some(_) = async { match hup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => Trigger::Sighup,
+                _ = tick.tick() => Trigger::Periodic,
             };
-            reload(&store, &files, &trust_domain, &metrics, why);
+            reload(&store, &files, &trust_domain, &metrics, trigger);
         }
     }))
 }

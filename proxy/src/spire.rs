@@ -291,7 +291,7 @@ pub async fn follow(
                         &store,
                         identity_from(&update, &trust_domain),
                         &metrics,
-                        "Workload API update",
+                        rotation::Trigger::WorkloadApi,
                     );
                 }
                 Ok(None) => {

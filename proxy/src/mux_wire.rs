@@ -1,0 +1,14 @@
+//! What the two halves of the pooled transport (client: `pool`, server: `mux`) agree on: the
+//! HTTP/2 tuning of a pooled connection and the headers of their small protocol on top of it.
+
+/// Flow-control windows: large enough that one stream can fill a fast link.
+pub const STREAM_WINDOW: u32 = 4 << 20;
+pub const CONNECTION_WINDOW: u32 = 16 << 20;
+pub const MAX_FRAME: u32 = 1 << 20;
+/// Bytes hyper may buffer per stream before asking the writer to wait.
+pub const SEND_BUF: usize = 4 << 20;
+
+/// Header a peer sets when it refuses a stream because the pooled connection is stale.
+pub const RETRY_HEADER: &str = "meshlet-retry";
+/// Header of a 421 answer: the pod address and port the pooled connection really reached.
+pub const REACHED_HEADER: &str = "meshlet-reached";
