@@ -158,20 +158,7 @@ impl Mesh {
         n: usize,
         paths: &[&str],
     ) -> anyhow::Result<Vec<Reply>> {
-        let mut cmd = self.lab.cmd(from, &self.exe);
-        cmd.args([
-            "demo-app",
-            "get",
-            "--json",
-            "--connections",
-            &n.to_string(),
-            "--addr",
-            &addr.to_string(),
-            "--",
-        ])
-        .args(paths);
-        let out = run(&mut cmd)?;
-        parse_replies(&String::from_utf8_lossy(&out.stdout))
+        self.requests(from, addr, "GET", &[], paths, n)
     }
 
     pub fn request(
@@ -182,6 +169,19 @@ impl Mesh {
         headers: &[&str],
         paths: &[&str],
     ) -> anyhow::Result<Vec<Reply>> {
+        self.requests(from, addr, method, headers, paths, 1)
+    }
+
+    /// `demo-app get` from inside `from`: `paths` over one connection, `connections` times.
+    fn requests(
+        &self,
+        from: &Pod,
+        addr: SocketAddr,
+        method: &str,
+        headers: &[&str],
+        paths: &[&str],
+        connections: usize,
+    ) -> anyhow::Result<Vec<Reply>> {
         let mut cmd = self.lab.cmd(from, &self.exe);
         cmd.args([
             "demo-app",
@@ -189,6 +189,8 @@ impl Mesh {
             "--json",
             "--timeout",
             "5s",
+            "--connections",
+            &connections.to_string(),
             "--method",
             method,
             "--addr",

@@ -77,6 +77,8 @@ pub struct Pool {
 enum Target {
     /// The destination as the app dialed it (a pod address, as far as we know).
     AsDialed(SocketAddr),
+    /// A virtual destination whose pod for this connection is still to be located.
+    ToLocate,
     /// The pod a virtual destination led to this time.
     Located(SocketAddr),
 }
@@ -185,15 +187,7 @@ impl Pool {
                 .await;
         }
         let mut target = if self.is_virtual(dst) {
-            match self.locate(dst).await {
-                Some(pod) => Target::Located(pod),
-                None => {
-                    return self
-                        .dialer
-                        .own_connection(dst, pins, handshake_timeout, probe)
-                        .await
-                }
-            }
+            Target::ToLocate
         } else {
             Target::AsDialed(dst)
         };
@@ -203,6 +197,18 @@ impl Pool {
         loop {
             let addr = match target {
                 Target::AsDialed(a) | Target::Located(a) => a,
+                Target::ToLocate => match self.locate(dst).await {
+                    Some(pod) => {
+                        target = Target::Located(pod);
+                        pod
+                    }
+                    None => {
+                        return self
+                            .dialer
+                            .own_connection(dst, pins, handshake_timeout, probe)
+                            .await
+                    }
+                },
             };
             let conn = match self.pooled(addr, handshake_timeout, probe).await? {
                 Dialed::Pooled(conn) => conn,
@@ -245,18 +251,7 @@ impl Pool {
                         Some(pod) if conn.dialed == dst && self.adopt(pod, conn).await => Some(pod),
                         _ => None,
                     };
-                    target = match follow {
-                        Some(pod) => Target::Located(pod),
-                        None => match self.locate(dst).await {
-                            Some(pod) => Target::Located(pod),
-                            None => {
-                                return self
-                                    .dialer
-                                    .own_connection(dst, pins, handshake_timeout, probe)
-                                    .await
-                            }
-                        },
-                    };
+                    target = follow.map_or(Target::ToLocate, Target::Located);
                 }
                 StreamError::Misdirected(_) => {
                     self.forget(addr.ip(), conn.id).await;

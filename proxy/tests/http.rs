@@ -159,30 +159,8 @@ async fn http2_from_the_caller_reaches_an_http2_app_with_the_callers_identity() 
 /// An HTTP/1 app that does not speak chunked: it answers every head with a fixed response and
 /// records every byte it receives.
 async fn recording_app() -> (SocketAddr, std::sync::Arc<std::sync::Mutex<Vec<u8>>>) {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-    let rec = seen.clone();
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = l.accept().await {
-            let rec = rec.clone();
-            tokio::spawn(async move {
-                let mut buf = [0u8; 4096];
-                while let Ok(n) = s.read(&mut buf).await {
-                    if n == 0 {
-                        break;
-                    }
-                    rec.lock().unwrap().extend_from_slice(&buf[..n]);
-                    if buf[..n].windows(4).any(|w| w == b"\r\n\r\n") {
-                        let _ = s
-                            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
-                            .await;
-                    }
-                }
-            });
-        }
-    });
-    (addr, seen)
+    let app = recorder_answering(Some(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")).await;
+    (app.addr, app.received)
 }
 
 async fn raw_request(client: &meshlet_proxy::Running, request: &[u8]) -> String {

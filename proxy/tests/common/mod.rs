@@ -98,6 +98,12 @@ pub struct Recorder {
 }
 
 pub async fn recorder() -> Recorder {
+    recorder_answering(None).await
+}
+
+/// A recorder that writes `answer` each time what it received holds the end of a request
+/// head (`\r\n\r\n`): an HTTP/1 app that knows nothing of bodies.
+pub async fn recorder_answering(answer: Option<&'static [u8]>) -> Recorder {
     let l = TcpListener::bind(loopback()).await.unwrap();
     let addr = l.local_addr().unwrap();
     let received = Arc::new(Mutex::new(Vec::new()));
@@ -112,6 +118,10 @@ pub async fn recorder() -> Recorder {
                         break;
                     }
                     rec.lock().unwrap().extend_from_slice(&buf[..n]);
+                    let head_ended = buf[..n].windows(4).any(|w| w == b"\r\n\r\n");
+                    if let (Some(answer), true) = (answer, head_ended) {
+                        let _ = s.write_all(answer).await;
+                    }
                 }
             });
         }
