@@ -1,45 +1,24 @@
 //! What to capture: the parsed, validated form of `meshlet init`'s flags.
 
-use std::fmt;
-
 use ipnet::IpNet;
 
-/// An inclusive range of TCP ports; a single port is a range of one.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct PortRange {
-    pub first: u16,
-    pub last: u16,
-}
+pub use meshlet_defaults::PortRange;
 
-impl PortRange {
-    pub fn single(port: u16) -> Self {
-        PortRange {
-            first: port,
-            last: port,
-        }
-    }
-
-    pub fn contains(&self, port: u16) -> bool {
-        (self.first..=self.last).contains(&port)
-    }
-
-    /// How many of multiport's 15 slots this entry takes (a range takes two).
-    pub(crate) fn multiport_weight(&self) -> usize {
-        if self.first == self.last {
-            1
-        } else {
-            2
-        }
+/// How many of multiport's 15 slots an entry takes (a range takes two).
+pub(crate) fn multiport_weight(range: &PortRange) -> usize {
+    if range.first == range.last {
+        1
+    } else {
+        2
     }
 }
 
-impl fmt::Display for PortRange {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.first == self.last {
-            write!(f, "{}", self.first)
-        } else {
-            write!(f, "{}:{}", self.first, self.last)
-        }
+/// A port range as iptables writes it (`8000:8100`).
+pub(crate) fn iptables_ports(range: &PortRange) -> String {
+    if range.first == range.last {
+        range.first.to_string()
+    } else {
+        format!("{}:{}", range.first, range.last)
     }
 }
 
@@ -98,31 +77,12 @@ pub struct ParseError(pub String);
 pub fn parse_ports(flag: &str, value: &str) -> Result<Vec<PortRange>, ParseError> {
     let mut out = Vec::new();
     for item in value.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-        let range = match item.split_once('-') {
-            Some((a, b)) => {
-                let first = parse_port(flag, item, a)?;
-                let last = parse_port(flag, item, b)?;
-                if first > last {
-                    return Err(ParseError(format!(
-                        "{flag}: range {item:?} is reversed (first port above last)"
-                    )));
-                }
-                PortRange { first, last }
-            }
-            None => PortRange::single(parse_port(flag, item, item)?),
-        };
-        out.push(range);
+        out.push(
+            item.parse::<PortRange>()
+                .map_err(|why| ParseError(format!("{flag}: {why}")))?,
+        );
     }
     Ok(out)
-}
-
-fn parse_port(flag: &str, item: &str, text: &str) -> Result<u16, ParseError> {
-    match text.trim().parse::<u16>() {
-        Ok(0) | Err(_) => Err(ParseError(format!(
-            "{flag}: {item:?} is not a port or port range (ports are 1-65535, ranges look like 8000-8100)"
-        ))),
-        Ok(p) => Ok(p),
-    }
 }
 
 /// Parses `*` or `P,P-Q,...`.

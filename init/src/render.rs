@@ -6,7 +6,9 @@ use std::fmt::Write;
 use ipnet::IpNet;
 
 use crate::backend::Family;
-use crate::model::{CaptureConfig, CidrSelection, PortRange, PortSelection};
+use crate::model::{
+    iptables_ports, multiport_weight, CaptureConfig, CidrSelection, PortRange, PortSelection,
+};
 
 /// meshlet's chains, in the order they are declared.
 pub const CHAINS: [&str; 4] = [
@@ -238,12 +240,12 @@ fn multiport_rules(
         }
     };
     for port in ports {
-        if weight + port.multiport_weight() > MULTIPORT_MAX {
+        if weight + multiport_weight(port) > MULTIPORT_MAX {
             flush(out, &mut group);
             weight = 0;
         }
-        weight += port.multiport_weight();
-        group.push(port.to_string());
+        weight += multiport_weight(port);
+        group.push(iptables_ports(port));
     }
     flush(out, &mut group);
 }

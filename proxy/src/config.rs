@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use ipnet::IpNet;
+use meshlet_defaults::PortRange;
 use meshlet_identity::issue::parse_duration;
 use meshlet_identity::spiffe_id::validate_trust_domain;
 use meshlet_identity::{IdentityFiles, SpiffeId};
@@ -105,49 +106,30 @@ impl TryFrom<String> for HttpMethod {
     }
 }
 
-/// A port or an inclusive range, written `8080` or `"8000-8100"`.
+/// A port or an inclusive range, written `8080` or `"8000-8100"` (the form `meshlet init`'s
+/// flags take too).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct PortSpec {
-    pub first: u16,
-    pub last: u16,
-}
+pub struct PortSpec(pub PortRange);
 
 impl PortSpec {
     pub fn contains(&self, port: u16) -> bool {
-        (self.first..=self.last).contains(&port)
+        self.0.contains(port)
     }
 }
 
 impl<'de> Deserialize<'de> for PortSpec {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         use serde::de::Error;
-        let v = Value::deserialize(d)?;
-        let text = match &v {
+        let text = match Value::deserialize(d)? {
             Value::Number(n) => n.to_string(),
-            Value::String(s) => s.clone(),
+            Value::String(s) => s,
             _ => {
                 return Err(D::Error::custom(
                     "a port is a number (8080) or a range (\"8000-8100\")",
                 ))
             }
         };
-        let bad = || {
-            D::Error::custom(format!(
-                "{text:?} is not a port (1-65535) or a range like \"8000-8100\""
-            ))
-        };
-        let parse = |s: &str| s.trim().parse::<u16>().ok().filter(|p| *p != 0);
-        let (first, last) = match text.split_once('-') {
-            Some((a, b)) => (parse(a).ok_or_else(bad)?, parse(b).ok_or_else(bad)?),
-            None => {
-                let p = parse(&text).ok_or_else(bad)?;
-                (p, p)
-            }
-        };
-        if first > last {
-            return Err(bad());
-        }
-        Ok(PortSpec { first, last })
+        text.parse().map(PortSpec).map_err(D::Error::custom)
     }
 }
 
@@ -785,10 +767,10 @@ timeouts: {connect: 2s, drain: 500ms}
         let rule = &c.inbound.policy.as_ref().unwrap()[0];
         assert_eq!(
             rule.ports[1],
-            PortSpec {
+            PortSpec(PortRange {
                 first: 9000,
                 last: 9100
-            }
+            })
         );
         assert_eq!(c.outbound.destinations[0].mtls, MtlsMode::Mtls);
         assert_eq!(c.timeouts.drain, Duration::from_millis(500));
