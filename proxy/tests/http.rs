@@ -65,15 +65,7 @@ async fn pair_with_policy(app: SocketAddr) -> (meshlet_proxy::Running, meshlet_p
         "inbound:\n  policy:\n    - ports: [{}]\n      from: [spiffe://cluster.local/ns/default/sa/pod-worker]\n      http:\n        - methods: [GET]\n          paths: [/ws, \"/api/*\"]\n",
         app.port()
     );
-    let server = proxy_for(&ca, "/ns/default/sa/echo", &policy, app).await;
-    let target = server.inbound_addrs[0];
-    let client = proxy_for(
-        &ca,
-        "/ns/default/sa/pod-worker",
-        "outbound: {mtls: mtls}",
-        target,
-    )
-    .await;
+    let Pair { client, server } = pair(&ca, "outbound: {mtls: mtls}", &policy, app).await;
     (client, server)
 }
 

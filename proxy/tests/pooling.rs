@@ -14,26 +14,12 @@ use rustls_pki_types::pem::PemObject;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
-async fn pair(
+async fn pooled_pair(
     ca: &Ca,
     client_yaml: &str,
     backend: std::net::SocketAddr,
 ) -> (meshlet_proxy::Running, meshlet_proxy::Running) {
-    let server = proxy(
-        config(""),
-        store(ca, &leaf(ca, "/ns/default/sa/echo", |_| {})),
-        backend,
-        backend,
-    )
-    .await;
-    let target = server.inbound_addrs[0];
-    let client = proxy(
-        config(client_yaml),
-        store(ca, &leaf(ca, "/ns/default/sa/pod-worker", |_| {})),
-        target,
-        target,
-    )
-    .await;
+    let Pair { client, server } = pair(ca, client_yaml, "", backend).await;
     (client, server)
 }
 
@@ -43,7 +29,7 @@ const HANDSHAKES: &str = r#"meshlet_tls_handshake_duration_seconds_count{directi
 async fn many_app_connections_share_one_handshake() {
     let ca = Ca::new(TD, DAY).unwrap();
     let echo = echo().await;
-    let (client, server) = pair(&ca, "outbound: {mtls: mtls}", echo.addr).await;
+    let (client, server) = pooled_pair(&ca, "outbound: {mtls: mtls}", echo.addr).await;
     // Concurrent first connections must not each open a pooled connection.
     let mut tasks = Vec::new();
     for i in 0..20 {
@@ -77,7 +63,7 @@ async fn many_app_connections_share_one_handshake() {
 async fn per_connection_transport_pays_a_handshake_per_connection() {
     let ca = Ca::new(TD, DAY).unwrap();
     let echo = echo().await;
-    let (client, server) = pair(
+    let (client, server) = pooled_pair(
         &ca,
         "outbound: {mtls: mtls, transport: per_connection}",
         echo.addr,
@@ -358,7 +344,7 @@ async fn inbound_max_connections_bounds_connections_and_streams() {
 async fn a_draining_server_lets_open_streams_finish_and_takes_no_new_ones() {
     let ca = Ca::new(TD, DAY).unwrap();
     let echo = echo().await;
-    let (client, server) = pair(&ca, "outbound: {mtls: mtls}", echo.addr).await;
+    let (client, server) = pooled_pair(&ca, "outbound: {mtls: mtls}", echo.addr).await;
     let mut open = tokio::net::TcpStream::connect(client.outbound_addrs[0])
         .await
         .unwrap();

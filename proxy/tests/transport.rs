@@ -9,26 +9,6 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-struct Pair {
-    client: meshlet_proxy::Running,
-    server: meshlet_proxy::Running,
-}
-
-/// client proxy (outbound) → mTLS → server proxy (inbound) → `backend`.
-async fn pair(
-    ca: &Ca,
-    client_yaml: &str,
-    server_yaml: &str,
-    backend: std::net::SocketAddr,
-) -> Pair {
-    let server_store = store(ca, &leaf(ca, "/ns/default/sa/echo", |_| {}));
-    let server = proxy(config(server_yaml), server_store, backend, backend).await;
-    let client_store = store(ca, &leaf(ca, "/ns/default/sa/pod-worker", |_| {}));
-    let target = server.inbound_addrs[0];
-    let client = proxy(config(client_yaml), client_store, target, target).await;
-    Pair { client, server }
-}
-
 #[tokio::test]
 async fn app_bytes_cross_the_mesh_and_both_sides_count_an_mtls_connection() {
     let ca = Ca::new(TD, DAY).unwrap();

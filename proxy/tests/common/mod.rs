@@ -188,3 +188,18 @@ pub async fn assert_metric(running: &Running, series: &str, want: f64) {
     let text = metrics(running).await;
     assert_eq!(metric(&text, series), want, "{series}\n{text}");
 }
+
+/// A client proxy and the server proxy it talks to.
+pub struct Pair {
+    pub client: Running,
+    pub server: Running,
+}
+
+/// client proxy (`/ns/default/sa/pod-worker`, outbound) → mTLS → server proxy
+/// (`/ns/default/sa/echo`, inbound) → `backend`.
+pub async fn pair(ca: &Ca, client_yaml: &str, server_yaml: &str, backend: SocketAddr) -> Pair {
+    let server = proxy_for(ca, "/ns/default/sa/echo", server_yaml, backend).await;
+    let target = server.inbound_addrs[0];
+    let client = proxy_for(ca, "/ns/default/sa/pod-worker", client_yaml, target).await;
+    Pair { client, server }
+}
