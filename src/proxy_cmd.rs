@@ -69,17 +69,17 @@ pub fn run(args: ProxyArgs) -> Result<(), Failure> {
         };
         let listeners = Listeners::from_config(&config);
         let running = meshlet_proxy::start(config, store.clone(), listeners).await?;
-        let metrics = running.shared.metrics.clone();
+        let metrics = running.metrics.clone();
         let _source = match (spire_socket, spire_stream) {
             (Some(socket), Some(stream)) => {
                 tokio::spawn(spire::follow(socket, stream, store, trust_domain, metrics))
             }
             _ => rotation::spawn_watcher(store, files, trust_domain, metrics)?,
         };
-        let shared = running.shared.clone();
+        let lifecycle = running.lifecycle.clone();
         tokio::spawn(async move {
             stop.await;
-            shared.begin_shutdown();
+            lifecycle.begin_shutdown();
         });
         running.wait().await;
         tracing::info!("meshlet proxy stopped");

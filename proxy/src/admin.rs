@@ -2,7 +2,6 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -14,14 +13,24 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tracing::{debug, info};
 
-use crate::Shared;
+use meshlet_identity::IdentityStore;
+
+use crate::lifecycle::Lifecycle;
+use crate::metrics::Metrics;
+
+/// What the admin server reads and controls.
+pub struct Admin {
+    pub metrics: Arc<Metrics>,
+    pub store: Arc<IdentityStore>,
+    pub lifecycle: Arc<Lifecycle>,
+}
 
 /// Admin connections open at once. Beyond this a new one is closed at once: the admin port
 /// answers probes and scrapes, and a flood of idle connections to it must not take the file
 /// descriptors the data plane needs.
 pub const MAX_CONNECTIONS: usize = 256;
 
-pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
+pub async fn serve(listener: TcpListener, admin: Arc<Admin>) {
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
         let Ok((conn, peer)) = listener.accept().await else {
@@ -32,12 +41,12 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
             debug!(%peer, "admin connection refused: {MAX_CONNECTIONS} already open");
             continue;
         };
-        let shared = shared.clone();
+        let admin = admin.clone();
         tokio::spawn(async move {
             let _slot = slot;
             let service = hyper::service::service_fn(|req| {
-                let shared = shared.clone();
-                async move { Ok::<_, Infallible>(route(&shared, peer, req)) }
+                let admin = admin.clone();
+                async move { Ok::<_, Infallible>(route(&admin, peer, req)) }
             });
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(hyper_util::rt::TokioTimer::new())
@@ -65,29 +74,29 @@ fn reply(
     resp
 }
 
-fn route(shared: &Shared, peer: SocketAddr, req: Request<Incoming>) -> Response<Full<Bytes>> {
+fn route(admin: &Admin, peer: SocketAddr, req: Request<Incoming>) -> Response<Full<Bytes>> {
     match (req.method(), req.uri().path()) {
         (&Method::GET, "/live") => reply(StatusCode::OK, "text/plain", "live\n"),
         (&Method::GET, "/ready") => {
-            if shared.ready.load(Ordering::Acquire) {
+            if admin.lifecycle.is_ready() {
                 reply(StatusCode::OK, "text/plain", "ready\n")
             } else {
                 reply(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "not ready\n")
             }
         }
         (&Method::GET, "/metrics") => {
-            let seconds_left = shared.store.current().seconds_left(SystemTime::now());
-            shared.metrics.cert_expiry_seconds.set(seconds_left);
+            let seconds_left = admin.store.current().seconds_left(SystemTime::now());
+            admin.metrics.cert_expiry_seconds.set(seconds_left);
             reply(
                 StatusCode::OK,
                 "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                shared.metrics.encode(),
+                admin.metrics.encode(),
             )
         }
         (&Method::POST, "/shutdown") => {
             if peer.ip().is_loopback() {
                 info!(%peer, "shutdown requested through the admin server");
-                shared.begin_shutdown();
+                admin.lifecycle.begin_shutdown();
                 reply(StatusCode::OK, "text/plain", "shutting down\n")
             } else {
                 reply(

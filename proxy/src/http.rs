@@ -20,8 +20,8 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tracing::{debug, warn};
 
 use crate::http_path;
+use crate::inbound::Inbound;
 use crate::metrics::HttpLabels;
-use crate::Shared;
 
 pub const XFCC: &str = "x-forwarded-client-cert";
 
@@ -63,7 +63,7 @@ fn text(status: StatusCode, body: &'static str) -> Response<Body> {
 
 /// Serves HTTP/1.1 or HTTP/2 on an authenticated stream until the caller closes it.
 pub async fn serve_inbound<S>(
-    shared: Arc<Shared>,
+    inbound: Arc<Inbound>,
     stream: S,
     peer: SocketAddr,
     dst: SocketAddr,
@@ -72,22 +72,22 @@ pub async fn serve_inbound<S>(
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let ctx = Arc::new(RequestCtx {
-        by: format!("By={};URI={}", shared.store.current().id, caller),
+        by: format!("By={};URI={}", inbound.store.current().id, caller),
         port_label: dst.port().to_string(),
         caller,
         dst,
         peer,
     });
     let service = hyper::service::service_fn(|req: Request<Incoming>| {
-        let (ctx, shared) = (ctx.clone(), shared.clone());
-        async move { Ok::<_, Infallible>(handle_request(&shared, &ctx, req).await) }
+        let (ctx, inbound) = (ctx.clone(), inbound.clone());
+        async move { Ok::<_, Infallible>(handle_request(&inbound, &ctx, req).await) }
     });
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     // A caller that trickles its request headers is cut off like one that never speaks.
     builder
         .http1()
         .timer(hyper_util::rt::TokioTimer::new())
-        .header_read_timeout(shared.config.timeouts.first_byte);
+        .header_read_timeout(inbound.timeouts.first_byte);
     if let Err(e) = builder
         .serve_connection_with_upgrades(TokioIo::new(stream), service)
         .await
@@ -106,7 +106,7 @@ struct RequestCtx {
 }
 
 async fn handle_request(
-    shared: &Shared,
+    inbound: &Inbound,
     ctx: &RequestCtx,
     mut req: Request<Incoming>,
 ) -> Response<Body> {
@@ -114,7 +114,7 @@ async fn handle_request(
     let method = req.method().as_str().to_owned();
     let raw_path = req.uri().path().to_owned();
     let count = |decision: &'static str, reason: &'static str| {
-        shared
+        inbound
             .metrics
             .http_requests
             .get_or_create(&HttpLabels {
@@ -136,7 +136,7 @@ async fn handle_request(
         }
     };
     let path = &normalized.path;
-    if let Err(denial) = shared
+    if let Err(denial) = inbound
         .policy
         .check_request(Some(&ctx.caller), port, &method, path)
     {
@@ -190,9 +190,9 @@ async fn handle_request(
     let caller_upgrade = wants_upgrade.then(|| hyper::upgrade::on(&mut req));
 
     let client = if is_h2 {
-        &shared.http.h2
+        &inbound.http.h2
     } else {
-        &shared.http.h1
+        &inbound.http.h1
     };
     let result = client.request(req).await;
     let mut resp = match result {
@@ -210,7 +210,7 @@ async fn handle_request(
     if let (Some(caller_upgrade), StatusCode::SWITCHING_PROTOCOLS) = (caller_upgrade, resp.status())
     {
         let app_upgrade = hyper::upgrade::on(&mut resp);
-        let metrics = shared.metrics.clone();
+        let metrics = inbound.metrics.clone();
         tokio::spawn(async move {
             match (caller_upgrade.await, app_upgrade.await) {
                 (Ok(c), Ok(a)) => {

@@ -8,39 +8,68 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
+use meshlet_identity::IdentityStore;
+use rustls::ServerConfig;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::OwnedSemaphorePermit;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::TlsAcceptor;
 use tracing::debug;
 
+use crate::config::{InboundMode, Timeouts};
 use crate::connector;
 use crate::copy;
 use crate::detect::{self, Protocol};
+use crate::http::AppClients;
+use crate::local_addrs::LocalAddrs;
+use crate::metrics::Metrics;
 use crate::metrics::{DirLabels, INBOUND};
+use crate::on_this_pod::ProxyPorts;
 use crate::orig_dst::OriginalDst;
 use crate::policy::Access;
+use crate::policy::Policy;
 use crate::read_ahead::ReadAhead;
 use crate::refusal::Refusal;
 use crate::rewind::Rewind;
-use crate::{http, locate, mux, on_this_pod, prevent_loop, require_mesh, tls, Shared};
+use crate::{
+    http, lifecycle::Lifecycle, locate, mux, on_this_pod, prevent_loop, require_mesh, tls,
+};
+
+/// What the inbound side needs, built once per proxy.
+pub struct Inbound {
+    pub mode: InboundMode,
+    /// Our own inbound port (never a destination).
+    pub port: u16,
+    pub timeouts: Timeouts,
+    pub tls: Arc<ServerConfig>,
+    pub policy: Policy,
+    /// This pod's addresses: the only ones the inbound side dials.
+    pub local: LocalAddrs,
+    pub proxy_ports: ProxyPorts,
+    /// Connections and pooled streams handled at once (`inbound.max_connections`).
+    pub limit: Arc<Semaphore>,
+    pub http: AppClients,
+    pub store: Arc<IdentityStore>,
+    pub metrics: Arc<Metrics>,
+    pub lifecycle: Arc<Lifecycle>,
+}
 
 pub async fn handle(
-    shared: Arc<Shared>,
+    inbound: Arc<Inbound>,
     conn: TcpStream,
     peer: SocketAddr,
     dst_mode: OriginalDst,
     _permit: OwnedSemaphorePermit,
 ) {
-    let _active = shared.metrics.track(INBOUND);
-    if let Err(refusal) = serve(&shared, conn, peer, dst_mode).await {
-        refusal.record(&shared.metrics, INBOUND, "connection", peer);
+    let _active = inbound.metrics.track(INBOUND);
+    if let Err(refusal) = serve(&inbound, conn, peer, dst_mode).await {
+        refusal.record(&inbound.metrics, INBOUND, "connection", peer);
     }
 }
 
 /// Admission (destination, first bytes, mode), then the mesh handshake or a plaintext pass.
 async fn serve(
-    shared: &Arc<Shared>,
+    inbound: &Arc<Inbound>,
     mut conn: TcpStream,
     peer: SocketAddr,
     dst_mode: OriginalDst,
@@ -52,16 +81,16 @@ async fn serve(
         )
     })?;
     let dst = match dst_mode {
-        OriginalDst::Kernel => on_this_pod::check(&shared.local, &shared.proxy_ports, dst)
+        OriginalDst::Kernel => on_this_pod::check(&inbound.local, &inbound.proxy_ports, dst)
             .map_err(|e| Refusal::new(e.reason(), e.to_string()).at(dst))?,
         // A fixed destination is the operator's, not the caller's.
         OriginalDst::Fixed(dst) => {
-            prevent_loop::inbound_fixed(dst, &[shared.config.inbound.port])?;
+            prevent_loop::inbound_fixed(dst, &[inbound.port])?;
             dst
         }
     };
 
-    let (protocol, first_bytes) = sniff(&mut conn, shared)
+    let (protocol, first_bytes) = sniff(&mut conn, inbound)
         .await
         .map_err(|e| Refusal::new("no_data", format!("caller sent nothing usable: {e}")).at(dst))?;
     match protocol {
@@ -73,27 +102,27 @@ async fn serve(
         }
         Protocol::Mesh => {
             let stream = Rewind::new(first_bytes, conn);
-            mesh(shared, stream, peer, dst, dst_mode)
+            mesh(inbound, stream, peer, dst, dst_mode)
                 .await
                 .map_err(|r| r.at(dst))
         }
         other => {
-            require_mesh::check(shared.config.inbound.mode, other).map_err(|r| r.at(dst))?;
-            shared
+            require_mesh::check(inbound.mode, other).map_err(|r| r.at(dst))?;
+            inbound
                 .policy
                 .check_connection(None, dst.port())
                 .map_err(|d| Refusal::policy(d.reason, d.detail).at(dst))?;
             debug!(%peer, %dst, ?other, "permissive: passing it through");
-            shared.metrics.opened(INBOUND, "plain");
-            to_app(shared, Rewind::new(first_bytes, conn), dst).await
+            inbound.metrics.opened(INBOUND, "plain");
+            to_app(inbound, Rewind::new(first_bytes, conn), dst).await
         }
     }
 }
 
 /// Reads the caller's first bytes until the protocol is known. `Incomplete` means the caller
 /// said nothing before the timeout (a server-speaks-first protocol, or an idle client).
-async fn sniff(conn: &mut TcpStream, shared: &Shared) -> std::io::Result<(Protocol, Vec<u8>)> {
-    let deadline = tokio::time::Instant::now() + shared.config.timeouts.first_byte;
+async fn sniff(conn: &mut TcpStream, inbound: &Inbound) -> std::io::Result<(Protocol, Vec<u8>)> {
+    let deadline = tokio::time::Instant::now() + inbound.timeouts.first_byte;
     let mut buf = Vec::with_capacity(2048);
     loop {
         if buf.len() == buf.capacity() {
@@ -143,18 +172,18 @@ async fn sniff(conn: &mut TcpStream, shared: &Shared) -> std::io::Result<(Protoc
 }
 
 async fn mesh(
-    shared: &Arc<Shared>,
+    inbound: &Arc<Inbound>,
     stream: Rewind<TcpStream>,
     peer: SocketAddr,
     dst: SocketAddr,
     dst_mode: OriginalDst,
 ) -> Result<(), Refusal> {
     let started = Instant::now();
-    let acceptor = TlsAcceptor::from(shared.tls_server.clone());
+    let acceptor = TlsAcceptor::from(inbound.tls.clone());
     // Boxed, like the result below: the handshake's state is large, and inline it would size
     // (and be copied with) the task of every inbound connection for its whole life.
     let handshake = Box::pin(tokio::time::timeout(
-        shared.config.timeouts.handshake,
+        inbound.timeouts.handshake,
         acceptor.accept(ReadAhead::new(stream)),
     ));
     let mut tls = match handshake.await {
@@ -167,7 +196,7 @@ async fn mesh(
         }
         Ok(Ok(tls)) => Box::new(tls),
     };
-    shared
+    inbound
         .metrics
         .handshake_seconds
         .get_or_create(&DirLabels { direction: INBOUND })
@@ -196,7 +225,7 @@ async fn mesh(
         // Boxed: the HTTP/2 server's state is only needed by this rare, long-lived connection;
         // inline, it would size every inbound connection's task.
         Box::pin(mux::serve(
-            shared.clone(),
+            inbound.clone(),
             tls,
             peer,
             dst,
@@ -207,27 +236,27 @@ async fn mesh(
         .await;
         return Ok(());
     }
-    let access = shared
+    let access = inbound
         .policy
         .check_connection(Some(&caller), dst.port())
         .map_err(|d| Refusal::policy(d.reason, d.detail).by(&caller))?;
-    shared.metrics.opened(INBOUND, "mtls");
+    inbound.metrics.opened(INBOUND, "mtls");
     match access {
-        Access::Tcp => to_app(shared, tls, dst).await.map_err(|r| r.by(&caller)),
+        Access::Tcp => to_app(inbound, tls, dst).await.map_err(|r| r.by(&caller)),
         Access::Http => {
             // Boxed: only HTTP ports need the HTTP server's state.
-            Box::pin(http::serve_inbound(shared.clone(), tls, peer, dst, caller)).await;
+            Box::pin(http::serve_inbound(inbound.clone(), tls, peer, dst, caller)).await;
             Ok(())
         }
     }
 }
 
 /// Connects to the app at its original address (as the proxy's uid, so not captured again).
-async fn to_app<S>(shared: &Shared, mut caller: S, dst: SocketAddr) -> Result<(), Refusal>
+async fn to_app<S>(inbound: &Inbound, mut caller: S, dst: SocketAddr) -> Result<(), Refusal>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let mut app = connector::connect_tcp(dst, shared.config.timeouts.connect)
+    let mut app = connector::connect_tcp(dst, inbound.timeouts.connect)
         .await
         .map_err(|e| {
             Refusal::new(
@@ -235,6 +264,6 @@ where
                 format!("cannot connect to the app at {dst}: {e}"),
             )
         })?;
-    copy::bidirectional(INBOUND, &shared.metrics, &mut caller, &mut app).await;
+    copy::bidirectional(INBOUND, &inbound.metrics, &mut caller, &mut app).await;
     Ok(())
 }

@@ -1,9 +1,16 @@
 //! The meshlet data plane.
 //!
-//! Follow one connection: `listener` accepts it, then `inbound` (mTLS terminated, caller
-//! authorized by `policy`, bytes to the app; HTTP ports via `http`) or `outbound` (the
-//! `connector` opens mTLS to the peer proxy, or plain per `routes`), and `copy` moves the bytes.
-//! `tls` and meshlet-identity decide who is who; `admin` and `metrics` tell the operator.
+//! Follow one connection: `listener` accepts it, then `inbound` (admission: `on_this_pod`,
+//! `require_mesh`, `prevent_loop`; mTLS terminated, caller authorized by `policy`, bytes to the
+//! app; HTTP ports via `http`, pooled connections via `mux`) or `outbound` (`routes` decide,
+//! the `connector` opens mTLS to the peer proxy — pooled via `pool` and `locate`, or a
+//! connection of its own — or plain), and `copy` moves the bytes. A refusal ends in
+//! `refusal`, the one place that counts and logs it. `tls` and meshlet-identity decide who is
+//! who; `admin` and `metrics` tell the operator.
+//!
+//! Each side gets a context built once in [`start`]: [`inbound::Inbound`],
+//! [`outbound::Outbound`] (which owns the [`connector::Connector`]) and [`admin::Admin`];
+//! readiness and shutdown are the [`lifecycle::Lifecycle`] they share.
 #![forbid(unsafe_code)]
 
 pub mod admin;
@@ -16,6 +23,7 @@ pub mod http;
 pub mod http_path;
 pub mod id_match;
 pub mod inbound;
+pub mod lifecycle;
 pub mod listener;
 pub mod local_addrs;
 pub mod locate;
@@ -38,49 +46,15 @@ pub mod spire;
 pub mod tls;
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use anyhow::Context;
 use meshlet_identity::IdentityStore;
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::Semaphore;
 use tracing::{info, warn};
 
 pub use config::Config;
 pub use orig_dst::OriginalDst;
-
-/// Everything a connection handler needs, shared by all connections.
-pub struct Shared {
-    pub config: Config,
-    pub store: Arc<IdentityStore>,
-    /// The inbound side's TLS configuration (the client side's lives in the connector).
-    pub tls_server: Arc<rustls::ServerConfig>,
-    pub policy: policy::Policy,
-    pub routes: routes::Routes,
-    pub metrics: Arc<metrics::Metrics>,
-    pub http: http::AppClients,
-    /// Opens mTLS to peer proxies: pooled or per connection.
-    pub connector: connector::Connector,
-    /// Inbound connections and pooled streams handled at once (`inbound.max_connections`).
-    pub inbound_limit: Arc<Semaphore>,
-    /// This pod's addresses: the only ones the inbound side dials.
-    pub local: local_addrs::LocalAddrs,
-    pub proxy_ports: on_this_pod::ProxyPorts,
-    pub ready: AtomicBool,
-    shutdown: watch::Sender<bool>,
-}
-
-impl Shared {
-    /// Resolves once shutdown has begun.
-    pub async fn shutting_down(&self) {
-        let _ = self.shutdown.subscribe().wait_for(|s| *s).await;
-    }
-
-    /// Asks the proxy to stop accepting and drain (SIGTERM, POST /shutdown).
-    pub fn begin_shutdown(&self) {
-        self.shutdown.send_replace(true);
-    }
-}
 
 /// Where the listeners bind and how they learn original destinations. The defaults follow the
 /// configuration; tests bind ephemeral loopback ports with a fixed destination.
@@ -113,7 +87,11 @@ impl Listeners {
 
 /// A started proxy.
 pub struct Running {
-    pub shared: Arc<Shared>,
+    pub inbound: Arc<inbound::Inbound>,
+    pub outbound: Arc<outbound::Outbound>,
+    pub metrics: Arc<metrics::Metrics>,
+    pub lifecycle: Arc<lifecycle::Lifecycle>,
+    drain: std::time::Duration,
     pub inbound_addrs: Vec<SocketAddr>,
     pub outbound_addrs: Vec<SocketAddr>,
     pub admin_addr: Option<SocketAddr>,
@@ -130,66 +108,70 @@ pub async fn start(
 ) -> anyhow::Result<Running> {
     let provider = meshlet_identity::crypto_provider();
     let tls = tls::configs(store.clone(), provider).context("building the TLS configuration")?;
-    let policy = policy::Policy::new(&config.trust_domain, config.inbound.policy.as_deref());
-    let routes = routes::Routes::new(&config.outbound);
-    let (shutdown, _) = watch::channel(false);
-    let http = http::AppClients::new(config.timeouts.connect);
-    let inbound_limit = Arc::new(Semaphore::new(config.inbound.max_connections));
     let metrics = Arc::new(metrics::Metrics::new());
-    let tls_server = tls.server.clone();
-    let connector = connector::Connector::new(
-        connector::Dialer {
-            tls,
-            store: store.clone(),
-            metrics: metrics.clone(),
-            connect_timeout: config.timeouts.connect,
-        },
-        config.outbound.transport,
-    );
-    let proxy_ports = on_this_pod::ProxyPorts {
-        inbound: config.inbound.port,
-        outbound: config.outbound.port,
-        admin: config.admin.address.port(),
-    };
-    let shared = Arc::new(Shared {
-        inbound_limit: inbound_limit.clone(),
+    let lifecycle = Arc::new(lifecycle::Lifecycle::default());
+    let inbound_limit = Arc::new(Semaphore::new(config.inbound.max_connections));
+    let outbound_limit = Arc::new(Semaphore::new(config.outbound.max_connections));
+    let limits = vec![
+        (inbound_limit.clone(), config.inbound.max_connections),
+        (outbound_limit.clone(), config.outbound.max_connections),
+    ];
+    let inbound = Arc::new(inbound::Inbound {
+        mode: config.inbound.mode,
+        port: config.inbound.port,
+        timeouts: config.timeouts.clone(),
+        tls: tls.server.clone(),
+        policy: policy::Policy::new(&config.trust_domain, config.inbound.policy.as_deref()),
         local: local_addrs::LocalAddrs::default(),
-        proxy_ports,
-        config,
-        tls_server,
-        connector,
-        store,
-        policy,
-        routes,
-        metrics,
-        http,
-        ready: AtomicBool::new(false),
-        shutdown,
+        proxy_ports: on_this_pod::ProxyPorts {
+            inbound: config.inbound.port,
+            outbound: config.outbound.port,
+            admin: config.admin.address.port(),
+        },
+        limit: inbound_limit.clone(),
+        http: http::AppClients::new(config.timeouts.connect),
+        store: store.clone(),
+        metrics: metrics.clone(),
+        lifecycle: lifecycle.clone(),
+    });
+    let outbound = Arc::new(outbound::Outbound {
+        port: config.outbound.port,
+        timeouts: config.timeouts.clone(),
+        auto_detect_timeout: config.outbound.auto_detect_timeout,
+        routes: routes::Routes::new(&config.outbound),
+        connector: connector::Connector::new(
+            connector::Dialer {
+                tls,
+                store: store.clone(),
+                metrics: metrics.clone(),
+                connect_timeout: config.timeouts.connect,
+            },
+            config.outbound.transport,
+        ),
+        store: store.clone(),
+        metrics: metrics.clone(),
     });
 
     listener::raise_fd_limit();
     let mut tasks = Vec::new();
-    let mut limits = Vec::new();
     let mut inbound_addrs = Vec::new();
     let mut outbound_addrs = Vec::new();
-    let outbound_limit = Arc::new(Semaphore::new(shared.config.outbound.max_connections));
-    limits.push((inbound_limit.clone(), shared.config.inbound.max_connections));
-    limits.push((
-        outbound_limit.clone(),
-        shared.config.outbound.max_connections,
-    ));
 
     for addr in &listeners.inbound {
         let Some(l) = listener::bind(*addr)? else {
             continue;
         };
         inbound_addrs.push(l.local_addr()?);
-        let (sh, dst, lim) = (shared.clone(), listeners.inbound_dst, inbound_limit.clone());
+        let (ib, dst, lim) = (
+            inbound.clone(),
+            listeners.inbound_dst,
+            inbound_limit.clone(),
+        );
         tasks.push(tokio::spawn(listener::serve(
             l,
-            sh.shutdown.subscribe(),
+            lifecycle.subscribe(),
             lim,
-            move |conn, peer, permit| inbound::handle(sh.clone(), conn, peer, dst, permit),
+            move |conn, peer, permit| inbound::handle(ib.clone(), conn, peer, dst, permit),
         )));
     }
     for addr in &listeners.outbound {
@@ -197,16 +179,16 @@ pub async fn start(
             continue;
         };
         outbound_addrs.push(l.local_addr()?);
-        let (sh, dst, lim) = (
-            shared.clone(),
+        let (ob, dst, lim) = (
+            outbound.clone(),
             listeners.outbound_dst,
             outbound_limit.clone(),
         );
         tasks.push(tokio::spawn(listener::serve(
             l,
-            sh.shutdown.subscribe(),
+            lifecycle.subscribe(),
             lim,
-            move |conn, peer, permit| outbound::handle(sh.clone(), conn, peer, dst, permit),
+            move |conn, peer, permit| outbound::handle(ob.clone(), conn, peer, dst, permit),
         )));
     }
     if inbound_addrs.is_empty() || outbound_addrs.is_empty() {
@@ -218,21 +200,30 @@ pub async fn start(
                 .await
                 .with_context(|| format!("admin.address {addr}: cannot listen"))?;
             let local = l.local_addr()?;
-            tasks.push(tokio::spawn(admin::serve(l, shared.clone())));
+            let state = Arc::new(admin::Admin {
+                metrics: metrics.clone(),
+                store: store.clone(),
+                lifecycle: lifecycle.clone(),
+            });
+            tasks.push(tokio::spawn(admin::serve(l, state)));
             Some(local)
         }
         None => None,
     };
-    shared.ready.store(true, Ordering::Release);
+    lifecycle.set_ready(true);
     info!(
-        identity = %shared.store.current().id,
+        identity = %store.current().id,
         inbound = ?inbound_addrs,
         outbound = ?outbound_addrs,
         admin = ?admin_addr,
         "meshlet proxy ready"
     );
     Ok(Running {
-        shared,
+        inbound,
+        outbound,
+        metrics,
+        lifecycle,
+        drain: config.timeouts.drain,
         inbound_addrs,
         outbound_addrs,
         admin_addr,
@@ -245,14 +236,14 @@ impl Running {
     /// Waits for a shutdown request, stops accepting, lets open connections finish for up to
     /// the drain timeout, then returns.
     pub async fn wait(self) {
-        let mut rx = self.shared.shutdown.subscribe();
+        let mut rx = self.lifecycle.subscribe();
         while !*rx.borrow_and_update() {
             if rx.changed().await.is_err() {
                 break;
             }
         }
-        self.shared.ready.store(false, Ordering::Release);
-        let drain = self.shared.config.timeouts.drain;
+        self.lifecycle.set_ready(false);
+        let drain = self.drain;
         info!(
             ?drain,
             "shutting down: no new connections, draining open ones"
@@ -275,7 +266,7 @@ impl Running {
     }
 
     pub fn shutdown(&self) {
-        self.shared.begin_shutdown();
+        self.lifecycle.begin_shutdown();
     }
 }
 

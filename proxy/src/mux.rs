@@ -19,6 +19,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::Notify;
 use tracing::debug;
 
+use crate::inbound::Inbound;
 use crate::metrics::{DirLabels, INBOUND};
 use crate::mux_wire::{
     CONNECTION_WINDOW, MAX_FRAME, REACHED_HEADER, RETRY_HEADER, SEND_BUF, STREAM_WINDOW,
@@ -27,13 +28,13 @@ use crate::on_this_pod::{self, NotOnThisPod};
 use crate::orig_dst::OriginalDst;
 use crate::policy::Access;
 use crate::refusal::Refusal;
-use crate::{connector, copy, http, Shared};
+use crate::{connector, copy, http};
 
 /// Streams one pooled connection may carry at once.
 const MAX_STREAMS: u32 = 16384;
 
 struct ConnCtx {
-    shared: Arc<Shared>,
+    inbound: Arc<Inbound>,
     caller: SpiffeId,
     peer: SocketAddr,
     /// Where the pooled connection itself arrived (an address of this pod): told to a peer whose
@@ -50,7 +51,7 @@ struct ConnCtx {
 
 /// Serves a pooled connection until the peer closes it (or it drains after a rotation).
 pub async fn serve<S>(
-    shared: Arc<Shared>,
+    inbound: Arc<Inbound>,
     tls: S,
     peer: SocketAddr,
     outer_dst: SocketAddr,
@@ -60,15 +61,15 @@ pub async fn serve<S>(
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    shared
+    inbound
         .metrics
         .mux_connections
         .get_or_create(&DirLabels { direction: INBOUND })
         .inc();
     let ctx = Arc::new(ConnCtx {
-        generation: shared.store.generation(),
+        generation: inbound.store.generation(),
         caller_not_after,
-        shared,
+        inbound,
         caller,
         peer,
         outer_dst,
@@ -115,7 +116,7 @@ pub async fn serve<S>(
                 draining = true;
                 conn.as_mut().graceful_shutdown();
             }
-            _ = ctx.shared.shutting_down(), if !draining => {
+            _ = ctx.inbound.lifecycle.shutting_down(), if !draining => {
                 // GOAWAY: the peer opens no new streams here; the open ones finish.
                 draining = true;
                 conn.as_mut().graceful_shutdown();
@@ -133,13 +134,13 @@ fn reply(status: StatusCode) -> Response<Empty<Bytes>> {
 fn refuse(ctx: &ConnCtx, refusal: Refusal, status: StatusCode) -> Response<Empty<Bytes>> {
     refusal
         .by(&ctx.caller)
-        .record(&ctx.shared.metrics, INBOUND, "stream", ctx.peer);
+        .record(&ctx.inbound.metrics, INBOUND, "stream", ctx.peer);
     reply(status)
 }
 
 async fn stream(ctx: &ConnCtx, mut req: Request<Incoming>) -> Response<Empty<Bytes>> {
-    let shared = &ctx.shared;
-    if shared.store.generation() != ctx.generation || SystemTime::now() >= ctx.caller_not_after {
+    let inbound = &ctx.inbound;
+    if inbound.store.generation() != ctx.generation || SystemTime::now() >= ctx.caller_not_after {
         // Authenticated with an identity or bundle we no longer hold, or with a caller
         // certificate that has since expired: drain, and let the peer redial (its fresh
         // handshake is judged by today's rules).
@@ -171,8 +172,7 @@ async fn stream(ctx: &ConnCtx, mut req: Request<Incoming>) -> Response<Empty<Byt
     };
     let dst = match ctx.dst_mode {
         OriginalDst::Fixed(addr)
-            if addr.port() == shared.config.inbound.port
-                || addr.port() == shared.config.outbound.port =>
+            if addr.port() == inbound.port || addr.port() == inbound.proxy_ports.outbound =>
         {
             return refuse(
                 ctx,
@@ -182,7 +182,7 @@ async fn stream(ctx: &ConnCtx, mut req: Request<Incoming>) -> Response<Empty<Byt
         }
         OriginalDst::Fixed(addr) => addr,
         OriginalDst::Kernel => {
-            match on_this_pod::check(&shared.local, &shared.proxy_ports, named) {
+            match on_this_pod::check(&inbound.local, &inbound.proxy_ports, named) {
                 Ok(dst) => dst,
                 Err(NotOnThisPod::ForeignAddress(_)) if !named.ip().is_loopback() => {
                     // Most likely a virtual destination (a Service address the node translated):
@@ -204,7 +204,7 @@ async fn stream(ctx: &ConnCtx, mut req: Request<Incoming>) -> Response<Empty<Byt
             }
         }
     };
-    let access = match shared
+    let access = match inbound
         .policy
         .check_connection(Some(&ctx.caller), dst.port())
     {
@@ -218,7 +218,7 @@ async fn stream(ctx: &ConnCtx, mut req: Request<Incoming>) -> Response<Empty<Byt
         }
     };
     // Streams count against inbound.max_connections like connections of their own.
-    let Ok(permit) = shared.inbound_limit.clone().try_acquire_owned() else {
+    let Ok(permit) = inbound.limit.clone().try_acquire_owned() else {
         return refuse(
             ctx,
             Refusal::new("overloaded", "inbound.max_connections reached").at(dst),
@@ -226,16 +226,16 @@ async fn stream(ctx: &ConnCtx, mut req: Request<Incoming>) -> Response<Empty<Byt
         );
     };
     let upgrade = hyper::upgrade::on(&mut req);
-    shared
+    inbound
         .metrics
         .mux_streams
         .get_or_create(&DirLabels { direction: INBOUND })
         .inc();
-    shared.metrics.opened(INBOUND, "mtls");
-    let (shared, caller, peer) = (shared.clone(), ctx.caller.clone(), ctx.peer);
+    inbound.metrics.opened(INBOUND, "mtls");
+    let (inbound, caller, peer) = (inbound.clone(), ctx.caller.clone(), ctx.peer);
     match access {
         Access::Tcp => {
-            let mut app = match connector::connect_tcp(dst, shared.config.timeouts.connect).await {
+            let mut app = match connector::connect_tcp(dst, inbound.timeouts.connect).await {
                 Ok(app) => app,
                 Err(e) => {
                     let detail = format!("cannot connect to the app at {dst}: {e}");
@@ -247,12 +247,12 @@ async fn stream(ctx: &ConnCtx, mut req: Request<Incoming>) -> Response<Empty<Byt
                 }
             };
             tokio::spawn(async move {
-                let _active = shared.metrics.track(INBOUND);
+                let _active = inbound.metrics.track(INBOUND);
                 let _permit = permit;
                 if let Ok(upgraded) = upgrade.await {
                     copy::bidirectional(
                         INBOUND,
-                        &shared.metrics,
+                        &inbound.metrics,
                         &mut TokioIo::new(upgraded),
                         &mut app,
                     )
@@ -262,10 +262,10 @@ async fn stream(ctx: &ConnCtx, mut req: Request<Incoming>) -> Response<Empty<Byt
         }
         Access::Http => {
             tokio::spawn(async move {
-                let _active = shared.metrics.track(INBOUND);
+                let _active = inbound.metrics.track(INBOUND);
                 let _permit = permit;
                 if let Ok(upgraded) = upgrade.await {
-                    http::serve_inbound(shared.clone(), TokioIo::new(upgraded), peer, dst, caller)
+                    http::serve_inbound(inbound.clone(), TokioIo::new(upgraded), peer, dst, caller)
                         .await;
                 }
             });

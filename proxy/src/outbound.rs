@@ -11,28 +11,45 @@ use tokio::sync::OwnedSemaphorePermit;
 use tracing::{debug, info};
 
 use crate::config::MtlsMode;
+use crate::config::Timeouts;
+use crate::connector::Connector;
 use crate::connector::{self, ConnectError};
 use crate::copy;
+use crate::metrics::Metrics;
 use crate::metrics::OUTBOUND;
 use crate::orig_dst::OriginalDst;
+use crate::prevent_loop;
 use crate::refusal::Refusal;
-use crate::{prevent_loop, Shared};
+use crate::routes::Routes;
+use meshlet_identity::IdentityStore;
+
+/// What the outbound side needs, built once per proxy.
+pub struct Outbound {
+    /// Our own outbound port (a destination of it on loopback is a loop).
+    pub port: u16,
+    pub timeouts: Timeouts,
+    pub auto_detect_timeout: std::time::Duration,
+    pub routes: Routes,
+    pub connector: Connector,
+    pub store: Arc<IdentityStore>,
+    pub metrics: Arc<Metrics>,
+}
 
 pub async fn handle(
-    shared: Arc<Shared>,
+    outbound: Arc<Outbound>,
     app: TcpStream,
     peer: SocketAddr,
     dst_mode: OriginalDst,
     _permit: OwnedSemaphorePermit,
 ) {
-    let _active = shared.metrics.track(OUTBOUND);
-    if let Err(refusal) = serve(&shared, app, peer, dst_mode).await {
-        refusal.record(&shared.metrics, OUTBOUND, "connection", peer);
+    let _active = outbound.metrics.track(OUTBOUND);
+    if let Err(refusal) = serve(&outbound, app, peer, dst_mode).await {
+        refusal.record(&outbound.metrics, OUTBOUND, "connection", peer);
     }
 }
 
 async fn serve(
-    shared: &Shared,
+    outbound: &Outbound,
     mut app: TcpStream,
     peer: SocketAddr,
     dst_mode: OriginalDst,
@@ -43,13 +60,13 @@ async fn serve(
             format!("not a redirected connection: {e}"),
         )
     })?;
-    prevent_loop::outbound(dst, shared.config.outbound.port)?;
-    let route = shared.routes.lookup(dst);
+    prevent_loop::outbound(dst, outbound.port)?;
+    let route = outbound.routes.lookup(dst);
     match route.mode {
-        MtlsMode::Off => plain(shared, app, dst).await,
+        MtlsMode::Off => plain(outbound, app, dst).await,
         MtlsMode::Mtls => {
-            let timeout = shared.config.timeouts.handshake;
-            let (mut upstream, id) = shared
+            let timeout = outbound.timeouts.handshake;
+            let (mut upstream, id) = outbound
                 .connector
                 .open_mesh(dst, route.identities.as_deref(), timeout, false)
                 .await
@@ -61,37 +78,37 @@ async fn serve(
                     .at(dst)
                 })?;
             debug!(%peer, %dst, server = %id, "outbound mTLS established");
-            shared.metrics.opened(OUTBOUND, "mtls");
-            copy::bidirectional(OUTBOUND, &shared.metrics, &mut app, &mut upstream).await;
+            outbound.metrics.opened(OUTBOUND, "mtls");
+            copy::bidirectional(OUTBOUND, &outbound.metrics, &mut app, &mut upstream).await;
             Ok(())
         }
         MtlsMode::Auto => {
-            let generation = shared.store.generation();
-            if shared.routes.known_plain(dst, generation) {
-                return plain(shared, app, dst).await;
+            let generation = outbound.store.generation();
+            if outbound.routes.known_plain(dst, generation) {
+                return plain(outbound, app, dst).await;
             }
             // A destination that has proved to be a meshlet peer is held to it: no failure
             // downgrades it while remembered. Others are probed, so that a server which does
             // not speak meshlet can be told from a meshlet peer we must not trust.
-            let proven = shared.routes.known_mesh(dst);
-            let timeout = shared.config.outbound.auto_detect_timeout;
-            match shared
+            let proven = outbound.routes.known_mesh(dst);
+            let timeout = outbound.auto_detect_timeout;
+            match outbound
                 .connector
                 .open_mesh(dst, None, timeout, !proven)
                 .await
             {
                 Ok((mut upstream, id)) => {
                     debug!(%peer, %dst, server = %id, "outbound mTLS established (auto)");
-                    shared.routes.remember_mesh(dst);
-                    shared.metrics.opened(OUTBOUND, "mtls");
-                    copy::bidirectional(OUTBOUND, &shared.metrics, &mut app, &mut upstream).await;
+                    outbound.routes.remember_mesh(dst);
+                    outbound.metrics.opened(OUTBOUND, "mtls");
+                    copy::bidirectional(OUTBOUND, &outbound.metrics, &mut app, &mut upstream).await;
                     Ok(())
                 }
                 Err(e) if !proven && e.peer_is_not_mesh() => {
                     info!(%peer, %dst, reason = e.reason(), error = %e, "auto: destination does not speak meshlet; falling back to plaintext");
-                    shared.metrics.auto_fallbacks.inc();
-                    shared.routes.remember_plain(dst, generation);
-                    plain(shared, app, dst).await
+                    outbound.metrics.auto_fallbacks.inc();
+                    outbound.routes.remember_plain(dst, generation);
+                    plain(outbound, app, dst).await
                 }
                 Err(e) => {
                     let consequence = if proven {
@@ -108,14 +125,14 @@ async fn serve(
     }
 }
 
-async fn plain(shared: &Shared, mut app: TcpStream, dst: SocketAddr) -> Result<(), Refusal> {
-    let mut upstream = connector::connect_tcp(dst, shared.config.timeouts.connect)
+async fn plain(outbound: &Outbound, mut app: TcpStream, dst: SocketAddr) -> Result<(), Refusal> {
+    let mut upstream = connector::connect_tcp(dst, outbound.timeouts.connect)
         .await
         .map_err(|e| {
             Refusal::new("connect_failed", format!("cannot connect to {dst}: {e}")).at(dst)
         })?;
-    shared.metrics.opened(OUTBOUND, "plain");
-    copy::bidirectional(OUTBOUND, &shared.metrics, &mut app, &mut upstream).await;
+    outbound.metrics.opened(OUTBOUND, "plain");
+    copy::bidirectional(OUTBOUND, &outbound.metrics, &mut app, &mut upstream).await;
     Ok(())
 }
 

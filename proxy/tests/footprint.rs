@@ -39,7 +39,7 @@ async fn an_inbound_connection_task_stays_small() {
     let (_client, conn, peer) = accepted().await;
 
     let task = inbound::handle(
-        running.shared.clone(),
+        running.inbound.clone(),
         conn,
         peer,
         OriginalDst::Fixed(backend.addr),
@@ -60,7 +60,7 @@ async fn an_outbound_connection_task_stays_small() {
         let (_client, conn, peer) = accepted().await;
 
         let task = outbound::handle(
-            running.shared.clone(),
+            running.outbound.clone(),
             conn,
             peer,
             OriginalDst::Fixed(backend.addr),

@@ -96,7 +96,7 @@ async fn rotation_of_bundles_and_leaves_applies_to_new_handshakes_and_spares_ope
             store.clone(),
             IdentityFiles::in_dir(dir),
             TD.into(),
-            running.shared.metrics.clone(),
+            running.metrics.clone(),
         )
         .unwrap();
     }

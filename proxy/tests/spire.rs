@@ -171,7 +171,7 @@ async fn updates_from_the_workload_api_are_used_by_the_next_handshake() {
         stream,
         store.clone(),
         TD.into(),
-        server.shared.metrics.clone(),
+        server.metrics.clone(),
     ));
 
     let client = leaf(&ca, "/ns/default/sa/pod-worker", |_| {});
