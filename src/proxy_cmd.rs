@@ -51,30 +51,36 @@ pub fn run(args: ProxyArgs) -> Result<(), Failure> {
         let trust_domain = config.trust_domain.clone();
         let files = config.identity_files();
         // The identity first: from the SPIRE agent (waiting for it) or from files.
-        let (store, spire_stream) = match &spire_socket {
+        let (identity, source) = match &spire_socket {
             Some(socket) => {
-                let first = tokio::select! {
+                let (identity, stream) = tokio::select! {
                     first = spire::first_identity(socket, &trust_domain) => first,
                     _ = stop.as_mut() => return Ok(()),
                 };
-                (Arc::new(IdentityStore::new(first.0)), Some(first.1))
+                let source = Source::WorkloadApi {
+                    socket: socket.clone(),
+                    stream,
+                };
+                (identity, source)
             }
             None => {
                 let provider = meshlet_identity::crypto_provider();
                 let identity = Identity::load(&files, &trust_domain, &provider)
                     .context("cannot load the workload identity")?;
                 rotation::warn_if_expiring(&identity);
-                (Arc::new(IdentityStore::new(identity)), None)
+                (identity, Source::Files)
             }
         };
+        let store = Arc::new(IdentityStore::new(identity));
         let listeners = Listeners::from_config(&config);
         let running = meshlet_proxy::start(config, store.clone(), listeners).await?;
         let metrics = running.metrics.clone();
-        let _source = match (spire_socket, spire_stream) {
-            (Some(socket), Some(stream)) => {
+        // Then keep it current, from wherever it came.
+        let _source = match source {
+            Source::WorkloadApi { socket, stream } => {
                 tokio::spawn(spire::follow(socket, stream, store, trust_domain, metrics))
             }
-            _ => rotation::spawn_watcher(store, files, trust_domain, metrics)?,
+            Source::Files => rotation::spawn_watcher(store, files, trust_domain, metrics)?,
         };
         let lifecycle = running.lifecycle.clone();
         tokio::spawn(async move {
@@ -86,6 +92,17 @@ pub fn run(args: ProxyArgs) -> Result<(), Failure> {
         Ok::<(), anyhow::Error>(())
     })?;
     Ok(())
+}
+
+/// Where the workload identity comes from, and so what keeps it current.
+enum Source {
+    /// The SPIRE agent's Workload API: its stream of updates.
+    WorkloadApi {
+        socket: std::path::PathBuf,
+        stream: spire::SvidStream,
+    },
+    /// Files: watched, re-read on SIGHUP and periodically.
+    Files,
 }
 
 fn init_logging(config: &Config) {

@@ -1,5 +1,6 @@
 //! The defaults that the capture rules (`meshlet init`), the proxy, the injector and the lab must
-//! agree on, defined once. Each can be changed by flag or configuration; the two sides must then
+//! agree on, defined once, and the small forms they all write values in (port ranges,
+//! durations). Each can be changed by flag or configuration; the two sides must then
 //! be given the same values.
 #![forbid(unsafe_code)]
 
@@ -64,6 +65,33 @@ impl std::str::FromStr for PortRange {
     }
 }
 
+/// Parses `24h`, `30m`, `90s`, `7d` or plain seconds.
+pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    let text = text.trim();
+    let (num, unit) = text.split_at(
+        text.find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(text.len()),
+    );
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration (e.g. 90s, 30m, 24h, 7d)"))?;
+    let per = match unit {
+        "" | "s" => 1u64,
+        "ms" => return Ok(std::time::Duration::from_millis(n)),
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86400,
+        _ => {
+            return Err(format!(
+                "{text:?} has an unknown unit {unit:?} (use ms, s, m, h or d)"
+            ))
+        }
+    };
+    n.checked_mul(per)
+        .map(std::time::Duration::from_secs)
+        .ok_or_else(|| format!("{text:?} is too long a duration"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -82,5 +110,24 @@ mod tests {
             assert!(bad.parse::<PortRange>().is_err(), "{bad}");
         }
         assert!(PortRange { first: 1, last: 3 }.contains(3));
+    }
+
+    #[test]
+    fn durations_take_units_and_refuse_overflow() {
+        assert_eq!(
+            parse_duration("90s"),
+            Ok(std::time::Duration::from_secs(90))
+        );
+        assert_eq!(
+            parse_duration("2m"),
+            Ok(std::time::Duration::from_secs(120))
+        );
+        assert_eq!(
+            parse_duration("500ms"),
+            Ok(std::time::Duration::from_millis(500))
+        );
+        assert_eq!(parse_duration("7"), Ok(std::time::Duration::from_secs(7)));
+        assert!(parse_duration("999999999999999999d").is_err());
+        assert!(parse_duration("5 parsecs").is_err());
     }
 }

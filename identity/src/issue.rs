@@ -242,29 +242,5 @@ pub fn write_svid_dir(dir: &Path, leaf: &Pem, bundle_pem: &str) -> Result<(), Is
     write_file(dir, "ca.crt", bundle_pem, false)
 }
 
-/// Parses `24h`, `30m`, `90s`, `7d` or plain seconds.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    let (num, unit) = text.split_at(
-        text.find(|c: char| !c.is_ascii_digit())
-            .unwrap_or(text.len()),
-    );
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("{text:?} is not a duration (e.g. 90s, 30m, 24h, 7d)"))?;
-    let per = match unit {
-        "" | "s" => 1u64,
-        "ms" => return Ok(Duration::from_millis(n)),
-        "m" => 60,
-        "h" => 3600,
-        "d" => 86400,
-        _ => {
-            return Err(format!(
-                "{text:?} has an unknown unit {unit:?} (use ms, s, m, h or d)"
-            ))
-        }
-    };
-    n.checked_mul(per)
-        .map(Duration::from_secs)
-        .ok_or_else(|| format!("{text:?} is too long a duration"))
-}
+/// Durations are written the same way everywhere; see [`meshlet_defaults::parse_duration`].
+pub use meshlet_defaults::parse_duration;

@@ -121,7 +121,7 @@ pub fn run(args: AppArgs) -> anyhow::Result<()> {
 }
 
 fn parse_secs(text: &str) -> anyhow::Result<Duration> {
-    meshlet_identity::issue::parse_duration(text).map_err(anyhow::Error::msg)
+    meshlet_defaults::parse_duration(text).map_err(anyhow::Error::msg)
 }
 
 /// Starts the HTTP app; answers `hello from NAME` and what it saw.

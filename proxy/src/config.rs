@@ -9,8 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use ipnet::IpNet;
-use meshlet_defaults::PortRange;
-use meshlet_identity::issue::parse_duration;
+use meshlet_defaults::{parse_duration, PortRange};
 use meshlet_identity::spiffe_id::validate_trust_domain;
 use meshlet_identity::{IdentityFiles, SpiffeId};
 use serde::{Deserialize, Deserializer};
