@@ -3,6 +3,7 @@
 
 mod cert_cmd;
 mod init_cmd;
+mod inject_cmd;
 mod proxy_cmd;
 
 use std::process::ExitCode;
@@ -26,6 +27,8 @@ enum Command {
     /// Make and inspect certificates (a throwaway CA, SVIDs).
     #[command(subcommand)]
     Cert(cert_cmd::CertCommand),
+    /// Add the init container and the sidecar to Kubernetes manifests (or take them out).
+    Inject(inject_cmd::InjectArgs),
     /// Two meshed pods in network namespaces on this machine, showing mTLS at work (needs root).
     Demo(meshlet_lab::demo::DemoArgs),
     /// The demo's small HTTP app: answers with what it saw (caller address, headers).
@@ -61,6 +64,7 @@ fn main() -> ExitCode {
         Command::Init(args) => init_cmd::run(args),
         Command::Proxy(args) => proxy_cmd::run(*args),
         Command::Cert(cmd) => cert_cmd::run(cmd),
+        Command::Inject(args) => inject_cmd::run(args),
         Command::Demo(args) => meshlet_lab::demo::run(args).map_err(Failure::from),
         Command::DemoApp(args) => meshlet_lab::app::run(args).map_err(Failure::from),
     };

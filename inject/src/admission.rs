@@ -1,0 +1,128 @@
+//! The admission webhook's decision, without the server: an AdmissionReview v1 request in, an
+//! AdmissionReview response out, the injection as a JSONPatch against the Pod as received.
+//!
+//! Two entry points, one per webhook of `deploy/`'s MutatingWebhookConfiguration: `Namespace`
+//! for pods of namespaces labelled `meshlet.io/inject=enabled` (injected unless the pod's
+//! annotation says `false`), `Annotated` for pods anywhere else that ask with the annotation
+//! `meshlet.io/inject: "true"`. Anything that cannot be injected is allowed with a warning:
+//! the webhook never blocks a Pod.
+
+use base64::Engine;
+use serde_json::{json, Value};
+
+use crate::pod::{self, Outcome};
+use crate::settings::{self, Settings, PREFIX};
+
+/// Which webhook called.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Entry {
+    Namespace,
+    Annotated,
+}
+
+/// Namespaces never injected, whatever their labels say.
+const NEVER: &[&str] = &["kube-system", "kube-public", "kube-node-lease"];
+
+/// A review that is not an AdmissionReview v1 request: the server answers 400.
+#[derive(Debug, thiserror::Error)]
+#[error("not an AdmissionReview v1 request: {0}")]
+pub struct BadReview(String);
+
+/// The response to one AdmissionReview request.
+pub fn review(request: &Value, entry: Entry, defaults: &Settings) -> Result<Value, BadReview> {
+    if request.get("apiVersion").and_then(Value::as_str) != Some("admission.k8s.io/v1")
+        || request.get("kind").and_then(Value::as_str) != Some("AdmissionReview")
+    {
+        return Err(BadReview("apiVersion/kind".into()));
+    }
+    let req = request
+        .get("request")
+        .ok_or_else(|| BadReview("no request".into()))?;
+    let uid = req
+        .get("uid")
+        .and_then(Value::as_str)
+        .ok_or_else(|| BadReview("no request.uid".into()))?;
+    let (patch, warnings) = decide(req, entry, defaults);
+    let mut response = json!({"uid": uid, "allowed": true});
+    if let Some(patch) = patch {
+        response["patchType"] = json!("JSONPatch");
+        response["patch"] = json!(base64::engine::general_purpose::STANDARD.encode(patch));
+    }
+    if !warnings.is_empty() {
+        response["warnings"] = json!(warnings);
+    }
+    Ok(json!({
+        "apiVersion": "admission.k8s.io/v1",
+        "kind": "AdmissionReview",
+        "response": response,
+    }))
+}
+
+/// The patch (serialized JSONPatch) if the pod is to change, and the warnings for the user.
+fn decide(req: &Value, entry: Entry, defaults: &Settings) -> (Option<Vec<u8>>, Vec<String>) {
+    let skip = |why: String| (None, vec![format!("meshlet: sidecar not injected: {why}")]);
+    let quiet = || (None, vec![]);
+    let kind = req
+        .get("kind")
+        .and_then(|k| k.get("kind"))
+        .and_then(Value::as_str);
+    if kind != Some("Pod") {
+        return skip(format!(
+            "only Pods are injected here, not {}",
+            kind.unwrap_or("?")
+        ));
+    }
+    if req
+        .get("operation")
+        .and_then(Value::as_str)
+        .is_some_and(|op| op != "CREATE")
+    {
+        return quiet();
+    }
+    let namespace = req.get("namespace").and_then(Value::as_str).unwrap_or("");
+    if NEVER.contains(&namespace) {
+        return quiet();
+    }
+    let Some(original) = req.get("object") else {
+        return skip("the request holds no Pod".into());
+    };
+    let mut pod = original.clone();
+    let Some(obj) = pod.as_object_mut() else {
+        return skip("the Pod is not an object".into());
+    };
+    let mut meta = obj.get("metadata").cloned().unwrap_or(Value::Null);
+    if pod::is_injected(&meta) {
+        return quiet();
+    }
+    let asked = match pod::annotations(&meta).map(|a| settings::inject_switch(&a)) {
+        Ok(Ok(asked)) => asked,
+        Ok(Err(e)) => return skip(e.to_string()),
+        Err(e) => return skip(e.to_string()),
+    };
+    match (entry, asked) {
+        (_, Some(false)) => return quiet(),
+        (Entry::Annotated, None) => return quiet(),
+        _ => {}
+    }
+    let Some(spec) = obj.get_mut("spec") else {
+        return skip("the Pod has no spec".into());
+    };
+    match pod::inject(&mut meta, spec, defaults) {
+        Ok(Outcome::Injected { warnings }) => {
+            obj.insert("metadata".into(), meta);
+            let patch = json_patch::diff(original, &pod);
+            let warnings = warnings
+                .into_iter()
+                .map(|w| format!("meshlet: {w}"))
+                .collect();
+            match serde_json::to_vec(&patch) {
+                Ok(bytes) => (Some(bytes), warnings),
+                Err(e) => skip(format!("cannot serialize the patch: {e}")),
+            }
+        }
+        Ok(Outcome::Unchanged { reason }) => skip(reason),
+        Err(e) => skip(format!(
+            "{e} (fix the {PREFIX} annotations and recreate the Pod)"
+        )),
+    }
+}
