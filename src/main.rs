@@ -2,6 +2,7 @@
 #![forbid(unsafe_code)]
 
 mod cert_cmd;
+mod check_cmd;
 mod init_cmd;
 mod inject_cmd;
 mod proxy_cmd;
@@ -29,6 +30,11 @@ enum Command {
     Cert(cert_cmd::CertCommand),
     /// Add the init container and the sidecar to Kubernetes manifests (or take them out).
     Inject(inject_cmd::InjectArgs),
+    /// Inside a meshed pod: are the capture rules installed and run, is the identity loaded,
+    /// is the proxy ready? One line per check; exit 1 when one fails.
+    Check(check_cmd::CheckArgs),
+    /// Wait until the proxy is ready (the classic sidecar's postStart hook).
+    WaitReady(check_cmd::WaitReadyArgs),
     /// Two meshed pods in network namespaces on this machine, showing mTLS at work (needs root).
     Demo(meshlet_lab::demo::DemoArgs),
     /// The demo's small HTTP app: answers with what it saw (caller address, headers).
@@ -65,6 +71,8 @@ fn main() -> ExitCode {
         Command::Proxy(args) => proxy_cmd::run(*args),
         Command::Cert(cmd) => cert_cmd::run(cmd),
         Command::Inject(args) => inject_cmd::run(args),
+        Command::Check(args) => check_cmd::run(args),
+        Command::WaitReady(args) => check_cmd::wait_ready(args),
         Command::Demo(args) => meshlet_lab::demo::run(args).map_err(Failure::from),
         Command::DemoApp(args) => meshlet_lab::app::run(args).map_err(Failure::from),
     };

@@ -12,6 +12,9 @@ pub const INBOUND_PORT: u16 = 15006;
 pub const OUTBOUND_PORT: u16 = 15001;
 /// Admin and health (`/live`, `/ready`, `/metrics`); never captured.
 pub const ADMIN_PORT: u16 = 15021;
+/// `meshlet check` connects to this port on loopback: the capture rules redirect it to the
+/// admin port, so an answer proves the rules are installed and run. Nothing listens on it.
+pub const CHECK_PORT: u16 = 15022;
 
 /// A port or an inclusive range of ports, written `8080` or `8000-8100`: the form the capture
 /// flags and the proxy's configuration share.

@@ -98,7 +98,20 @@ pub fn render_apply(cfg: &CaptureConfig, family: Family, stale_jumps: &[String])
         cfg.inbound_port
     );
 
-    // Outbound.
+    // Outbound. First the self-check: `meshlet check` connects to loopback on CHECK_PORT,
+    // where nothing listens, and reaches the admin server only if these chains are hooked in
+    // and the kernel runs them. It comes before the uid exemption so the check works from the
+    // proxy's own container.
+    let loopback = match family {
+        Family::V4 => "127.0.0.1/32",
+        Family::V6 => "::1/128",
+    };
+    let _ = writeln!(
+        out,
+        "-A MESHLET_OUTPUT -d {loopback} -p tcp -m tcp --dport {} -m comment --comment \"meshlet: self-check (meshlet check) reaches the admin port\" -j REDIRECT --to-ports {}",
+        meshlet_defaults::CHECK_PORT,
+        cfg.admin_port
+    );
     rule(
         &mut out,
         "MESHLET_OUTPUT",
@@ -275,6 +288,7 @@ mod tests {
 -A MESHLET_INBOUND -p tcp -m multiport --dports 15021,15006,15001 -m comment --comment "meshlet: admin and proxy ports are never captured" -j RETURN
 -A MESHLET_INBOUND -p tcp -m comment --comment "meshlet: all other inbound TCP goes to the proxy" -j MESHLET_IN_REDIRECT
 -A MESHLET_IN_REDIRECT -p tcp -m comment --comment "meshlet: to the inbound proxy port" -j REDIRECT --to-ports 15006
+-A MESHLET_OUTPUT -d 127.0.0.1/32 -p tcp -m tcp --dport 15022 -m comment --comment "meshlet: self-check (meshlet check) reaches the admin port" -j REDIRECT --to-ports 15021
 -A MESHLET_OUTPUT -m owner --uid-owner 1337 -m comment --comment "meshlet: the proxy's own traffic is never captured (uid)" -j RETURN
 -A MESHLET_OUTPUT -o lo -m comment --comment "meshlet: the app's loopback traffic is not captured" -j RETURN
 -A MESHLET_OUTPUT -p tcp -m comment --comment "meshlet: all other outbound TCP goes to the proxy" -j MESHLET_REDIRECT
@@ -311,6 +325,7 @@ COMMIT
                 r#"-A MESHLET_INBOUND -p tcp -m multiport --dports 22 -m comment --comment "meshlet: inbound port excluded by --exclude-inbound-ports" -j RETURN"#,
                 r#"-A MESHLET_INBOUND -p tcp -m multiport --dports 8080,9000:9100 -m comment --comment "meshlet: inbound port included by --include-inbound-ports" -j MESHLET_IN_REDIRECT"#,
                 r#"-A MESHLET_IN_REDIRECT -p tcp -m comment --comment "meshlet: to the inbound proxy port" -j REDIRECT --to-ports 16006"#,
+                r#"-A MESHLET_OUTPUT -d 127.0.0.1/32 -p tcp -m tcp --dport 15022 -m comment --comment "meshlet: self-check (meshlet check) reaches the admin port" -j REDIRECT --to-ports 16021"#,
                 r#"-A MESHLET_OUTPUT -m owner --uid-owner 2000 -m comment --comment "meshlet: the proxy's own traffic is never captured (uid)" -j RETURN"#,
                 r#"-A MESHLET_OUTPUT -m owner --gid-owner 3000 -m comment --comment "meshlet: the proxy's own traffic is never captured (gid)" -j RETURN"#,
                 r#"-A MESHLET_OUTPUT -o lo -m comment --comment "meshlet: the app's loopback traffic is not captured" -j RETURN"#,

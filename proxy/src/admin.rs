@@ -1,5 +1,7 @@
-//! The admin server: `/live`, `/ready`, `/metrics`, and `POST /shutdown` (loopback callers only).
+//! The admin server: `/live`, `/ready`, `/metrics`, `POST /shutdown` (loopback callers only),
+//! and `/app-health/<container>/<kind>`: the app's kubelet probes, run by the proxy (`app_probe`).
 
+use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -15,6 +17,7 @@ use tracing::{debug, info};
 
 use meshlet_identity::IdentityStore;
 
+use crate::app_probe::AppProbe;
 use crate::lifecycle::Lifecycle;
 use crate::metrics::Metrics;
 
@@ -23,6 +26,8 @@ pub struct Admin {
     pub metrics: Arc<Metrics>,
     pub store: Arc<IdentityStore>,
     pub lifecycle: Arc<Lifecycle>,
+    /// By `<container>/<kind>`.
+    pub app_probes: BTreeMap<String, AppProbe>,
 }
 
 /// Admin connections open at once. Beyond this a new one is closed at once: the admin port
@@ -46,7 +51,7 @@ pub async fn serve(listener: TcpListener, admin: Arc<Admin>) {
             let _slot = slot;
             let service = hyper::service::service_fn(|req| {
                 let admin = admin.clone();
-                async move { Ok::<_, Infallible>(route(&admin, peer, req)) }
+                async move { Ok::<_, Infallible>(route(&admin, peer, req).await) }
             });
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(hyper_util::rt::TokioTimer::new())
@@ -74,7 +79,10 @@ fn reply(
     resp
 }
 
-fn route(admin: &Admin, peer: SocketAddr, req: Request<Incoming>) -> Response<Full<Bytes>> {
+async fn route(admin: &Admin, peer: SocketAddr, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    if let Some(name) = req.uri().path().strip_prefix("/app-health/") {
+        return app_health(admin, req.method(), name).await;
+    }
     match (req.method(), req.uri().path()) {
         (&Method::GET, "/live") => reply(StatusCode::OK, "text/plain", "live\n"),
         (&Method::GET, "/ready") => {
@@ -114,7 +122,36 @@ fn route(admin: &Admin, peer: SocketAddr, req: Request<Incoming>) -> Response<Fu
         _ => reply(
             StatusCode::NOT_FOUND,
             "text/plain",
-            "not found: try /live, /ready, /metrics, POST /shutdown\n",
+            "not found: try /live, /ready, /metrics, POST /shutdown, /app-health/<container>/<kind>\n",
         ),
+    }
+}
+
+/// Runs one of the app's probes; 200 when it passes, 503 with the reason when it does not.
+async fn app_health(admin: &Admin, method: &Method, name: &str) -> Response<Full<Bytes>> {
+    if method != Method::GET {
+        return reply(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "text/plain",
+            "method not allowed\n",
+        );
+    }
+    let Some(probe) = admin.app_probes.get(name) else {
+        return reply(
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            format!("no app probe {name:?} is configured (admin.app_probes)\n"),
+        );
+    };
+    match probe.run().await {
+        Ok(seen) => reply(StatusCode::OK, "text/plain", format!("{seen}\n")),
+        Err(why) => {
+            debug!(probe = name, reason = %why, "app probe failed");
+            reply(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "text/plain",
+                format!("{why}\n"),
+            )
+        }
     }
 }

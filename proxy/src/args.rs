@@ -159,6 +159,13 @@ const KEYS: &[Key] = &[
         false,
     ),
     key(
+        "admin.app_probes",
+        "admin-app-probes",
+        "MESHLET_ADMIN_APP_PROBES",
+        "admin.app_probes, as YAML or JSON (written by meshlet inject)",
+        true,
+    ),
+    key(
         "log.format",
         "log-format",
         "MESHLET_LOG_FORMAT",
@@ -325,6 +332,8 @@ mod tests {
         for k in KEYS {
             let value = if k.key == "inbound.policy" || k.key == "outbound.destinations" {
                 "[]"
+            } else if k.key == "admin.app_probes" {
+                "{}"
             } else {
                 "1"
             };

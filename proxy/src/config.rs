@@ -3,6 +3,7 @@
 //!
 //! A wrong configuration is refused with the file, the key and the reason.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -15,6 +16,7 @@ use meshlet_identity::{IdentityFiles, SpiffeId};
 use serde::{Deserialize, Deserializer};
 use serde_norway::{Mapping, Value};
 
+use crate::app_probe::AppProbe;
 use crate::http_path::PathMatch;
 use crate::id_match::IdMatch;
 
@@ -210,6 +212,9 @@ fn spiffe_ids<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<SpiffeId>>, 
 #[serde(deny_unknown_fields, default)]
 pub struct AdminConfig {
     pub address: SocketAddr,
+    /// The app's kubelet probes the admin server runs, by `<container>/<kind>` (see
+    /// `app_probe`); written by `meshlet inject`.
+    pub app_probes: BTreeMap<String, AppProbe>,
 }
 
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
@@ -351,6 +356,7 @@ impl Default for AdminConfig {
     fn default() -> Self {
         AdminConfig {
             address: SocketAddr::from(([0, 0, 0, 0], meshlet_defaults::ADMIN_PORT)),
+            app_probes: BTreeMap::new(),
         }
     }
 }

@@ -14,6 +14,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod app_probe;
 pub mod args;
 pub mod config;
 pub mod connector;
@@ -204,6 +205,7 @@ pub async fn start(
                 metrics: metrics.clone(),
                 store: store.clone(),
                 lifecycle: lifecycle.clone(),
+                app_probes: config.admin.app_probes.clone(),
             });
             tasks.push(tokio::spawn(admin::serve(l, state)));
             Some(local)
