@@ -159,7 +159,18 @@ fn describe(name: &str, peer: SocketAddr, req: &Request<Incoming>) -> Response<F
             v.to_str().unwrap_or("(binary)")
         ));
     }
-    Response::new(Full::new(Bytes::from(body)))
+    let mut resp = Response::new(Full::new(Bytes::from(body)));
+    // `/status/N` answers with status N, for tests of what a caller makes of failures.
+    if let Some(code) = req
+        .uri()
+        .path()
+        .strip_prefix("/status/")
+        .and_then(|c| c.parse::<u16>().ok())
+        .and_then(|c| http::StatusCode::from_u16(c).ok())
+    {
+        *resp.status_mut() = code;
+    }
+    resp
 }
 
 async fn print_original_destinations(listen: SocketAddr) -> anyhow::Result<()> {

@@ -450,9 +450,9 @@ pub fn contains(haystack: &[u8], needle: &[u8]) -> bool {
 pub const NODE_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 254);
 
 impl Lab {
-    /// Makes the bridge namespace a routing node at [`NODE_IP`] and gives every pod a route to
-    /// `vip` through it. Idempotent per address.
-    fn route_through_node(&self, vip: Ipv4Addr) -> anyhow::Result<()> {
+    /// Gives the bridge namespace the address [`NODE_IP`] and makes it route: the "node"
+    /// where kube-proxy's rules and the kubelet live. Idempotent.
+    pub fn make_node(&self) -> anyhow::Result<()> {
         let br = &self.bridge_ns;
         let has_addr = run(Command::new("ip").args(["-n", br, "-4", "addr", "show", "dev", "br0"]))
             .map(|o| String::from_utf8_lossy(&o.stdout).contains(&NODE_IP.to_string()))?;
@@ -495,6 +495,21 @@ impl Lab {
                 "MASQUERADE",
             ]))?;
         }
+        Ok(())
+    }
+
+    /// A command that runs on the node (the bridge namespace, at [`NODE_IP`]).
+    pub fn node_cmd(&self, program: impl AsRef<std::ffi::OsStr>) -> anyhow::Result<Command> {
+        self.make_node()?;
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.bridge_ns]).arg(program);
+        Ok(c)
+    }
+
+    /// Makes the bridge namespace a routing node at [`NODE_IP`] and gives every pod a route to
+    /// `vip` through it. Idempotent per address.
+    fn route_through_node(&self, vip: Ipv4Addr) -> anyhow::Result<()> {
+        self.make_node()?;
         for pod in &self.pods {
             run(Command::new("ip").args([
                 "-n",
