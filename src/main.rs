@@ -6,6 +6,7 @@ mod check_cmd;
 mod init_cmd;
 mod inject_cmd;
 mod proxy_cmd;
+mod webhook_cmd;
 
 use std::process::ExitCode;
 
@@ -30,6 +31,8 @@ enum Command {
     Cert(cert_cmd::CertCommand),
     /// Add the init container and the sidecar to Kubernetes manifests (or take them out).
     Inject(inject_cmd::InjectArgs),
+    /// The mutating admission webhook: injects pods as `meshlet inject` does.
+    Webhook(webhook_cmd::WebhookArgs),
     /// Inside a meshed pod: are the capture rules installed and run, is the identity loaded,
     /// is the proxy ready? One line per check; exit 1 when one fails.
     Check(check_cmd::CheckArgs),
@@ -71,6 +74,7 @@ fn main() -> ExitCode {
         Command::Proxy(args) => proxy_cmd::run(*args),
         Command::Cert(cmd) => cert_cmd::run(cmd),
         Command::Inject(args) => inject_cmd::run(args),
+        Command::Webhook(args) => webhook_cmd::run(args),
         Command::Check(args) => check_cmd::run(args),
         Command::WaitReady(args) => check_cmd::wait_ready(args),
         Command::Demo(args) => meshlet_lab::demo::run(args).map_err(Failure::from),

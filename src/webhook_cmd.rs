@@ -1,0 +1,249 @@
+//! `meshlet webhook`: the mutating admission webhook. HTTPS (TLS 1.3) with a serving
+//! certificate read from files and re-read when they change (a Secret mount swaps them);
+//! `POST /inject` for namespaces labelled `meshlet.io/inject=enabled`, `POST /inject-annotated`
+//! for pods that ask with the annotation, `GET /healthz` for its own probes. The decision is
+//! `meshlet_inject::admission`, the same injection as `meshlet inject`.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use clap::Args;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use meshlet_inject::admission::{self, Entry};
+use meshlet_inject::Settings;
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::net::TcpListener;
+use tracing::{info, warn};
+
+use crate::inject_cmd::InjectDefaults;
+use crate::Failure;
+
+#[derive(Args, Debug)]
+pub struct WebhookArgs {
+    /// Address to serve HTTPS on.
+    #[arg(long, default_value = "0.0.0.0:9443")]
+    listen: SocketAddr,
+    /// Serving certificate chain (PEM), leaf first; re-read when it changes.
+    #[arg(long, default_value = "/etc/meshlet-webhook/tls.crt")]
+    cert: PathBuf,
+    /// Its private key (PEM).
+    #[arg(long, default_value = "/etc/meshlet-webhook/tls.key")]
+    key: PathBuf,
+    #[command(flatten)]
+    defaults: InjectDefaults,
+}
+
+/// AdmissionReview bodies above this are refused (a Pod is a few KB; etcd's limit is 1.5 MB).
+const MAX_BODY: usize = 4 << 20;
+/// How often the certificate files are compared with what is served.
+const RELOAD_EVERY: Duration = Duration::from_secs(2);
+
+pub fn run(args: WebhookArgs) -> Result<(), Failure> {
+    crate::init_cli_logging();
+    let pair = load_pair(&args.cert, &args.key).map_err(Failure::Usage)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| Failure::Runtime(format!("cannot start the runtime: {e}")))?;
+    runtime.block_on(serve(args, pair))
+}
+
+/// The serving certificate, swapped whole when the files change.
+#[derive(Debug)]
+struct Serving(ArcSwap<CertifiedKey>);
+
+impl ResolvesServerCert for Serving {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.load_full())
+    }
+}
+
+/// The files' bytes and the key made of them.
+struct Pair {
+    bytes: (Vec<u8>, Vec<u8>),
+    key: CertifiedKey,
+}
+
+fn load_pair(cert: &Path, key: &Path) -> Result<Pair, String> {
+    let read = |p: &Path| {
+        meshlet_identity::files::read_capped(p, 1 << 20)
+            .map_err(|e| format!("{}: {e}", p.display()))
+    };
+    let (cert_pem, key_pem) = (read(cert)?, read(key)?);
+    let chain = CertificateDer::pem_slice_iter(&cert_pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("{}: {e}", cert.display()))?;
+    if chain.is_empty() {
+        return Err(format!("{}: no certificate", cert.display()));
+    }
+    let private =
+        PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| format!("{}: {e}", key.display()))?;
+    let provider = meshlet_identity::crypto_provider();
+    let certified = CertifiedKey::from_der(chain, private, &provider)
+        .map_err(|e| format!("{} and {}: {e}", cert.display(), key.display()))?;
+    Ok(Pair {
+        bytes: (cert_pem, key_pem),
+        key: certified,
+    })
+}
+
+async fn serve(args: WebhookArgs, pair: Pair) -> Result<(), Failure> {
+    let serving = Arc::new(Serving(ArcSwap::from_pointee(pair.key)));
+    let mut tls = rustls::ServerConfig::builder_with_provider(meshlet_identity::crypto_provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| Failure::Runtime(e.to_string()))?
+        .with_no_client_auth()
+        .with_cert_resolver(serving.clone());
+    tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+    let listener = TcpListener::bind(args.listen)
+        .await
+        .map_err(|e| Failure::Runtime(format!("cannot listen on {}: {e}", args.listen)))?;
+    let local = listener
+        .local_addr()
+        .map_err(|e| Failure::Runtime(e.to_string()))?;
+    info!(address = %local, image = %args.defaults.image, "meshlet webhook listening");
+    tokio::spawn(follow_files(
+        serving,
+        args.cert.clone(),
+        args.key.clone(),
+        pair.bytes,
+    ));
+    let settings = Arc::new(args.defaults.settings());
+    loop {
+        let (conn, peer) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let acceptor = acceptor.clone();
+        let settings = settings.clone();
+        tokio::spawn(async move {
+            let Ok(Ok(tls)) =
+                tokio::time::timeout(Duration::from_secs(10), acceptor.accept(conn)).await
+            else {
+                warn!(%peer, "TLS handshake with the webhook failed or timed out");
+                return;
+            };
+            let service = hyper::service::service_fn(move |req| {
+                let settings = settings.clone();
+                async move { Ok::<_, Infallible>(handle(req, &settings).await) }
+            });
+            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(tls), service)
+                .await;
+        });
+    }
+}
+
+/// Re-reads the certificate and key when their bytes change; a pair that does not load is
+/// reported and the last good one kept.
+async fn follow_files(
+    serving: Arc<Serving>,
+    cert: PathBuf,
+    key: PathBuf,
+    mut last: (Vec<u8>, Vec<u8>),
+) {
+    let mut tick = tokio::time::interval(RELOAD_EVERY);
+    loop {
+        tick.tick().await;
+        let now = (std::fs::read(&cert), std::fs::read(&key));
+        let (Ok(c), Ok(k)) = now else { continue };
+        if (c.as_slice(), k.as_slice()) == (last.0.as_slice(), last.1.as_slice()) {
+            continue;
+        }
+        match load_pair(&cert, &key) {
+            Ok(pair) => {
+                serving.0.store(Arc::new(pair.key));
+                last = pair.bytes;
+                info!(cert = %cert.display(), "serving certificate reloaded");
+            }
+            Err(e) => {
+                // Half of a swap, most likely; the next tick sees the whole of it.
+                warn!(error = %e, "serving certificate not reloaded; keeping the current one");
+                last = (c, k);
+            }
+        }
+    }
+}
+
+async fn handle(req: Request<Incoming>, settings: &Settings) -> Response<Full<Bytes>> {
+    let entry = match (req.method(), req.uri().path()) {
+        (&Method::GET, "/healthz") => return reply(StatusCode::OK, "text/plain", "ok\n".into()),
+        (&Method::POST, "/inject") => Entry::Namespace,
+        (&Method::POST, "/inject-annotated") => Entry::Annotated,
+        _ => {
+            return reply(
+                StatusCode::NOT_FOUND,
+                "text/plain",
+                "not found: POST /inject, POST /inject-annotated, GET /healthz\n".into(),
+            )
+        }
+    };
+    let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(e) => {
+            return reply(
+                StatusCode::BAD_REQUEST,
+                "text/plain",
+                format!("cannot read the body: {e}\n"),
+            )
+        }
+    };
+    let review: serde_json::Value = match serde_json::from_slice(&body) {
+        Ok(v) => v,
+        Err(e) => {
+            return reply(
+                StatusCode::BAD_REQUEST,
+                "text/plain",
+                format!("not JSON: {e}\n"),
+            )
+        }
+    };
+    match admission::review(&review, entry, settings) {
+        Ok(answer) => {
+            let req = &review["request"];
+            let pod = format!(
+                "{}/{}",
+                req["namespace"].as_str().unwrap_or("?"),
+                req["object"]["metadata"]["name"]
+                    .as_str()
+                    .or(req["object"]["metadata"]["generateName"].as_str())
+                    .unwrap_or("?")
+            );
+            let r = &answer["response"];
+            if r.get("patch").is_some() {
+                info!(%pod, "sidecar injected");
+            } else if let Some(w) = r.get("warnings") {
+                info!(%pod, warnings = %w, "sidecar not injected");
+            }
+            reply(StatusCode::OK, "application/json", answer.to_string())
+        }
+        Err(e) => reply(StatusCode::BAD_REQUEST, "text/plain", format!("{e}\n")),
+    }
+}
+
+fn reply(status: StatusCode, content_type: &'static str, body: String) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(Bytes::from(body)));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static(content_type),
+    );
+    resp
+}

@@ -1,0 +1,271 @@
+//! `meshlet inject`: every workload kind gets the init container and the sidecar, everything
+//! else passes through in order; injecting twice changes nothing; `--uninject` takes away
+//! exactly what was added; what comes out is valid Kubernetes (1.29 and the newest).
+
+mod common;
+
+use common::*;
+use serde_json::Value;
+
+const WORKLOADS: &str = include_str!("data/workloads.yaml");
+
+fn inject(args: &[&str], input: &str) -> String {
+    let mut all = vec!["inject"];
+    all.extend_from_slice(args);
+    let (out, err, code) = meshlet_with_input(&all, input);
+    assert_eq!(code, 0, "meshlet inject {args:?} failed: {err}");
+    out
+}
+
+fn docs(yaml: &str) -> Vec<Value> {
+    meshlet_inject::manifest::parse(yaml).unwrap()
+}
+
+/// The pod spec of a document, wherever its kind keeps it.
+fn pod_spec(doc: &Value) -> &Value {
+    match doc["kind"].as_str().unwrap() {
+        "Pod" => &doc["spec"],
+        "CronJob" => &doc["spec"]["jobTemplate"]["spec"]["template"]["spec"],
+        _ => &doc["spec"]["template"]["spec"],
+    }
+}
+
+fn names(list: &Value) -> Vec<&str> {
+    list.as_array()
+        .map(|l| l.iter().map(|c| c["name"].as_str().unwrap()).collect())
+        .unwrap_or_default()
+}
+
+fn validate(test: &str, yaml: &str) {
+    let Some(validator) = validator_or_skip(test) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("manifests.yaml");
+    std::fs::write(&file, yaml).unwrap();
+    kubernetes_validate(&validator, &[&file]).unwrap();
+}
+
+#[test]
+fn every_workload_kind_gets_the_native_sidecar_and_other_objects_pass_through_in_order() {
+    let out = docs(&inject(&[], WORKLOADS));
+    let input = docs(WORKLOADS);
+    assert_eq!(out.len(), input.len());
+    let kinds: Vec<&str> = out.iter().map(|d| d["kind"].as_str().unwrap()).collect();
+    assert_eq!(
+        kinds,
+        [
+            "ConfigMap",
+            "Pod",
+            "Deployment",
+            "StatefulSet",
+            "DaemonSet",
+            "ReplicaSet",
+            "ReplicationController",
+            "Job",
+            "CronJob",
+            "List",
+            "Pod",
+            "Pod"
+        ]
+    );
+    assert_eq!(out[0], input[0], "a ConfigMap is not touched");
+    for doc in &out[1..9] {
+        let spec = pod_spec(doc);
+        let inits = names(&spec["initContainers"]);
+        if doc["metadata"]["name"] == "rs" {
+            // classic, by annotation: a regular container, placed first
+            assert_eq!(inits, ["meshlet-init"]);
+            assert_eq!(names(&spec["containers"])[0], "meshlet");
+            assert!(spec["containers"][0].get("restartPolicy").is_none());
+            assert!(spec["containers"][0]["lifecycle"]["postStart"].is_object());
+        } else {
+            assert_eq!(
+                &inits[..2],
+                ["meshlet-init", "meshlet"],
+                "{}",
+                doc["metadata"]["name"]
+            );
+            let proxy = &spec["initContainers"][1];
+            assert_eq!(proxy["restartPolicy"], "Always");
+            assert_eq!(proxy["startupProbe"]["httpGet"]["path"], "/ready");
+            assert!(!names(&spec["containers"]).contains(&"meshlet"));
+        }
+    }
+    // the user's own init container runs after the proxy is up
+    assert_eq!(
+        names(&pod_spec(&out[3])["initContainers"]),
+        ["meshlet-init", "meshlet", "migrate"]
+    );
+    // List items are injected; the Service in it is not
+    assert_eq!(
+        names(&out[9]["items"][0]["spec"]["initContainers"])[..2],
+        ["meshlet-init", "meshlet"]
+    );
+    assert_eq!(out[9]["items"][1], input[9]["items"][1]);
+    // opted out and host network: untouched
+    assert_eq!(out[10], input[10]);
+    assert_eq!(out[11], input[11]);
+    validate("inject_native", &inject(&[], WORKLOADS));
+}
+
+#[test]
+fn the_sidecar_is_locked_down_and_the_init_container_has_only_net_admin_and_net_raw() {
+    let out = docs(&inject(&[], WORKLOADS));
+    let spec = pod_spec(&out[2]);
+    let init = &spec["initContainers"][0]["securityContext"];
+    assert_eq!(init["runAsUser"], 0);
+    assert_eq!(
+        init["capabilities"]["add"],
+        serde_json::json!(["NET_ADMIN", "NET_RAW"])
+    );
+    assert_eq!(init["capabilities"]["drop"], serde_json::json!(["ALL"]));
+    let proxy = &spec["initContainers"][1]["securityContext"];
+    assert_eq!(proxy["runAsUser"], 1337);
+    assert_eq!(proxy["runAsNonRoot"], true);
+    assert_eq!(proxy["readOnlyRootFilesystem"], true);
+    assert_eq!(proxy["allowPrivilegeEscalation"], false);
+    assert_eq!(proxy["capabilities"]["drop"], serde_json::json!(["ALL"]));
+    assert!(proxy["capabilities"].get("add").is_none());
+}
+
+#[test]
+fn annotations_choose_the_identity_volume_ports_policy_and_mtls_destinations() {
+    let out = docs(&inject(&[], WORKLOADS));
+    let volume = |i: usize| pod_spec(&out[i])["volumes"][0].clone();
+    assert_eq!(volume(1)["secret"]["secretName"], "web-svid");
+    assert_eq!(volume(2)["secret"]["secretName"], "default-svid");
+    assert_eq!(volume(3)["csi"]["driver"], "spiffe.csi.cert-manager.io");
+    assert_eq!(volume(4)["csi"]["driver"], "csi.spiffe.io");
+    let web = pod_spec(&out[1]);
+    assert_eq!(
+        web["initContainers"][0]["args"],
+        serde_json::json!(["init", "--exclude-inbound-ports", "9090"])
+    );
+    let rs = &pod_spec(&out[5])["containers"][0];
+    let env: Vec<(&str, &str)> = rs["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["name"].as_str().unwrap(), e["value"].as_str().unwrap()))
+        .collect();
+    assert!(env.contains(&("MESHLET_CONFIG", "/etc/meshlet/meshlet.yaml")));
+    assert!(env.contains(&(
+        "MESHLET_OUTBOUND_DESTINATIONS",
+        r#"[{"cidr":"198.18.0.0/15","mtls":"mtls"}]"#
+    )));
+    assert_eq!(
+        pod_spec(&out[5])["volumes"][1]["configMap"]["name"],
+        "rs-meshlet"
+    );
+    let spire = &pod_spec(&out[4])["initContainers"][1]["env"][0];
+    assert_eq!(spire["name"], "SPIFFE_ENDPOINT_SOCKET");
+}
+
+#[test]
+fn probes_point_at_the_admin_port_and_the_proxy_accepts_the_originals() {
+    let out = docs(&inject(&[], WORKLOADS));
+    let web = pod_spec(&out[1]);
+    let app = &web["containers"][0];
+    for (field, kind) in [
+        ("livenessProbe", "liveness"),
+        ("readinessProbe", "readiness"),
+        ("startupProbe", "startup"),
+    ] {
+        assert_eq!(app[field]["httpGet"]["port"], 15021);
+        assert_eq!(
+            app[field]["httpGet"]["path"],
+            format!("/app-health/web/{kind}")
+        );
+    }
+    assert_eq!(app["livenessProbe"]["periodSeconds"], 5, "timing is kept");
+    let env = web["initContainers"][1]["env"].as_array().unwrap();
+    let probes = env
+        .iter()
+        .find(|e| e["name"] == "MESHLET_ADMIN_APP_PROBES")
+        .unwrap()["value"]
+        .as_str()
+        .unwrap();
+    // The proxy parses exactly what injection wrote.
+    let config = meshlet_proxy::config::Config::parse(
+        "",
+        "test",
+        &[meshlet_proxy::config::Override {
+            key: "admin.app_probes",
+            value: probes.to_owned(),
+            origin: "MESHLET_ADMIN_APP_PROBES".into(),
+            yaml: true,
+        }],
+    )
+    .unwrap();
+    let p = &config.admin.app_probes;
+    assert_eq!(p["web/readiness"].port, 8080, "named port resolved");
+    assert_eq!(p["web/startup"].port, 9000);
+    assert_eq!(p.len(), 3);
+}
+
+#[test]
+fn injecting_twice_changes_nothing_and_uninject_removes_exactly_what_was_added() {
+    let once = inject(&[], WORKLOADS);
+    assert_eq!(inject(&[], &once), once);
+    let back = inject(&["--uninject"], &once);
+    assert_eq!(docs(&back), docs(WORKLOADS));
+    // and a classic injection over a native one replaces it rather than adding a second
+    let classic = inject(&["--sidecar", "classic"], &once);
+    assert_eq!(classic, inject(&["--sidecar", "classic"], WORKLOADS));
+    validate("inject_classic", &classic);
+}
+
+#[test]
+fn a_bad_annotation_fails_the_run_naming_it_and_nothing_is_written() {
+    let input = "apiVersion: v1\nkind: Pod\nmetadata:\n  name: p\n  annotations:\n    meshlet.io/exclude-inbound-ports: http\nspec:\n  containers: [{name: a, image: b}]\n";
+    let (out, err, code) = meshlet_with_input(&["inject"], input);
+    assert_eq!(code, 2);
+    assert!(out.is_empty());
+    assert!(
+        err.contains("Pod/p") && err.contains("meshlet.io/exclude-inbound-ports"),
+        "{err}"
+    );
+}
+
+#[test]
+fn files_and_folders_are_read_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("sub")).unwrap();
+    let pod = |n: &str| {
+        format!("apiVersion: v1\nkind: Pod\nmetadata: {{name: {n}}}\nspec:\n  containers: [{{name: a, image: b}}]\n")
+    };
+    std::fs::write(dir.path().join("b.yaml"), pod("b")).unwrap();
+    std::fs::write(dir.path().join("sub/a.yml"), pod("c")).unwrap();
+    std::fs::write(dir.path().join("notes.txt"), "not yaml").unwrap();
+    let single = dir.path().join("single.json");
+    std::fs::write(&single, r#"{"apiVersion":"v1","kind":"Pod","metadata":{"name":"a"},"spec":{"containers":[{"name":"a","image":"b"}]}}"#).unwrap();
+    let (out, err, code) = meshlet_with_input(
+        &[
+            "inject",
+            single.to_str().unwrap(),
+            dir.path().to_str().unwrap(),
+        ],
+        "",
+    );
+    assert_eq!(code, 0, "{err}");
+    let got: Vec<String> = docs(&out)
+        .iter()
+        .map(|d| d["metadata"]["name"].as_str().unwrap().to_owned())
+        .collect();
+    // single.json first, then the folder sorted by path (b.yaml, single.json, sub/a.yml)
+    assert_eq!(got, ["a", "b", "a", "c"]);
+}
+
+#[test]
+fn the_validator_refuses_a_misspelled_field() {
+    let Some(validator) = validator_or_skip("validator_refuses") else {
+        return;
+    };
+    let out = inject(&[], WORKLOADS).replace("readOnlyRootFilesystem", "readOnlyRootFilesytem");
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("bad.yaml");
+    std::fs::write(&file, out).unwrap();
+    let err = kubernetes_validate(&validator, &[&file]).unwrap_err();
+    assert!(err.contains("readOnlyRootFilesytem"), "{err}");
+}
