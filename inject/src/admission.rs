@@ -126,3 +126,133 @@ fn decide(req: &Value, entry: Entry, defaults: &Settings) -> (Option<Vec<u8>>, V
         )),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::settings::{IdentitySource, SidecarMode};
+
+    fn defaults() -> Settings {
+        Settings::defaults(
+            "meshlet:test",
+            SidecarMode::Native,
+            IdentitySource::Secret(None),
+        )
+    }
+
+    fn request(namespace: &str, pod: Value) -> Value {
+        json!({
+            "apiVersion": "admission.k8s.io/v1",
+            "kind": "AdmissionReview",
+            "request": {
+                "uid": "0b3c5c4e-8d3a-4f0e-9d52-6a1f9b0c1d2e",
+                "kind": {"group": "", "version": "v1", "kind": "Pod"},
+                "resource": {"group": "", "version": "v1", "resource": "pods"},
+                "namespace": namespace,
+                "operation": "CREATE",
+                "object": pod,
+            }
+        })
+    }
+
+    fn pod(annotations: Value, host_network: bool) -> Value {
+        json!({
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"generateName": "echo-", "annotations": annotations},
+            "spec": {
+                "hostNetwork": host_network,
+                "serviceAccountName": "echo",
+                "containers": [{"name": "echo", "image": "echo"}],
+            }
+        })
+    }
+
+    /// (patched pod if any, warnings).
+    fn answer(entry: Entry, req: &Value) -> (Option<Value>, Vec<String>) {
+        let resp = review(req, entry, &defaults()).unwrap();
+        let r = &resp["response"];
+        assert_eq!(r["uid"], req["request"]["uid"]);
+        assert_eq!(r["allowed"], true, "the webhook never blocks a Pod");
+        let warnings = r["warnings"]
+            .as_array()
+            .map(|w| w.iter().map(|s| s.as_str().unwrap().to_owned()).collect())
+            .unwrap_or_default();
+        let patched = r.get("patch").map(|p| {
+            assert_eq!(r["patchType"], "JSONPatch");
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(p.as_str().unwrap())
+                .unwrap();
+            let patch: json_patch::Patch = serde_json::from_slice(&bytes).unwrap();
+            let mut pod = req["request"]["object"].clone();
+            json_patch::patch(&mut pod, &patch).unwrap();
+            pod
+        });
+        (patched, warnings)
+    }
+
+    #[test]
+    fn a_pod_of_an_opted_in_namespace_is_patched_into_what_inject_makes() {
+        let req = request("default", pod(json!({}), false));
+        let (patched, warnings) = answer(Entry::Namespace, &req);
+        let patched = patched.expect("a patch");
+        assert!(warnings.is_empty(), "{warnings:?}");
+        let mut expected = req["request"]["object"].clone();
+        let mut meta = expected["metadata"].clone();
+        pod::inject(&mut meta, &mut expected["spec"], &defaults()).unwrap();
+        expected["metadata"] = meta;
+        assert_eq!(patched, expected);
+        // Reinvocation: an injected pod is never injected twice.
+        let again = request("default", patched);
+        assert_eq!(answer(Entry::Namespace, &again), (None, vec![]));
+    }
+
+    #[test]
+    fn opted_out_kube_system_and_unannotated_pods_pass_untouched_and_silently() {
+        let out = json!({"meshlet.io/inject": "false"});
+        assert_eq!(
+            answer(Entry::Namespace, &request("default", pod(out, false))),
+            (None, vec![])
+        );
+        assert_eq!(
+            answer(
+                Entry::Namespace,
+                &request("kube-system", pod(json!({}), false))
+            ),
+            (None, vec![])
+        );
+        assert_eq!(
+            answer(Entry::Annotated, &request("default", pod(json!({}), false))),
+            (None, vec![])
+        );
+        let asked = json!({"meshlet.io/inject": "true"});
+        assert!(
+            answer(Entry::Annotated, &request("default", pod(asked, false)))
+                .0
+                .is_some()
+        );
+    }
+
+    #[test]
+    fn what_cannot_be_injected_is_allowed_with_a_warning() {
+        let (patched, warnings) =
+            answer(Entry::Namespace, &request("default", pod(json!({}), true)));
+        assert!(patched.is_none());
+        assert!(warnings[0].contains("host network"), "{warnings:?}");
+        let bad = json!({"meshlet.io/proxy-cpu-request": "lots"});
+        let (patched, warnings) = answer(Entry::Namespace, &request("default", pod(bad, false)));
+        assert!(patched.is_none());
+        assert!(
+            warnings[0].contains("meshlet.io/proxy-cpu-request"),
+            "{warnings:?}"
+        );
+    }
+
+    #[test]
+    fn a_document_that_is_not_an_admission_review_is_refused() {
+        assert!(review(&json!({"kind": "Pod"}), Entry::Namespace, &defaults()).is_err());
+        let no_uid =
+            json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": {}});
+        assert!(review(&no_uid, Entry::Namespace, &defaults()).is_err());
+    }
+}

@@ -1,0 +1,251 @@
+//! `meshlet webhook` over HTTPS, as the API server calls it: a real AdmissionReview in, the
+//! response's JSONPatch applied with a JSON-patch library, the resulting Pod validated as
+//! Kubernetes. The serving certificate is replaced on disk and picked up without a restart.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use common::*;
+use serde_json::{json, Value};
+
+const HOST: &str = "meshlet-webhook.meshlet-system.svc";
+
+struct Webhook {
+    child: Child,
+    port: u16,
+}
+
+impl Drop for Webhook {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn meshlet(args: &[&str]) {
+    let out = Command::new(exe()).args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "meshlet {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A CA in `dir/NAME-ca` and a serving certificate for the webhook's Service name in `out`.
+fn issue(dir: &Path, name: &str, out: &Path) {
+    let ca = dir.join(format!("{name}-ca"));
+    meshlet(&[
+        "cert",
+        "ca",
+        "--trust-domain",
+        "cluster.local",
+        "--out",
+        ca.to_str().unwrap(),
+    ]);
+    meshlet(&[
+        "cert",
+        "issue",
+        "--ca",
+        ca.to_str().unwrap(),
+        "--spiffe-id",
+        "spiffe://cluster.local/ns/meshlet-system/sa/meshlet-webhook",
+        "--dns",
+        HOST,
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+}
+
+fn start(dir: &Path) -> Webhook {
+    let srv = dir.join("serving");
+    let mut child = Command::new(exe())
+        .args([
+            "webhook",
+            "--listen",
+            "127.0.0.1:0",
+            "--image",
+            "meshlet:test",
+        ])
+        .arg("--cert")
+        .arg(srv.join("tls.crt"))
+        .arg("--key")
+        .arg(srv.join("tls.key"))
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let mut lines = BufReader::new(stderr).lines();
+    let port = loop {
+        let line = lines.next().expect("the webhook exited").unwrap();
+        if let Some(addr) = line.split("address=").nth(1) {
+            let addr = addr.split_whitespace().next().unwrap();
+            break addr.rsplit(':').next().unwrap().parse().unwrap();
+        }
+    };
+    std::thread::spawn(move || for _ in lines {});
+    Webhook { child, port }
+}
+
+/// POSTs `body` to the webhook trusting `ca`; (HTTP status, body).
+fn post(w: &Webhook, ca: &Path, path: &str, body: &str) -> (u16, String) {
+    let out = Command::new("curl")
+        .args(["-s", "-w", "\n%{http_code}", "--max-time", "5", "--cacert"])
+        .arg(ca)
+        .arg("--resolve")
+        .arg(format!("{HOST}:{}:127.0.0.1", w.port))
+        .args([
+            "-H",
+            "Content-Type: application/json",
+            "--data-binary",
+            body,
+        ])
+        .arg(format!("https://{HOST}:{}{path}", w.port))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, status) = text.rsplit_once('\n').unwrap_or(("", &text));
+    (status.trim().parse().unwrap_or(0), body.to_owned())
+}
+
+fn review(pod: &Value) -> String {
+    json!({
+        "apiVersion": "admission.k8s.io/v1",
+        "kind": "AdmissionReview",
+        "request": {
+            "uid": "e911857d-c318-11e8-bbad-025000000001",
+            "kind": {"group": "", "version": "v1", "kind": "Pod"},
+            "resource": {"group": "", "version": "v1", "resource": "pods"},
+            "requestKind": {"group": "", "version": "v1", "kind": "Pod"},
+            "namespace": "shop",
+            "operation": "CREATE",
+            "userInfo": {"username": "system:serviceaccount:kube-system:replicaset-controller"},
+            "object": pod,
+            "dryRun": false,
+        }
+    })
+    .to_string()
+}
+
+fn shop_pod() -> Value {
+    json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "generateName": "cart-7d4b9c-",
+            "namespace": "shop",
+            "labels": {"app": "cart"},
+            "annotations": {"meshlet.io/exclude-outbound-ports": "5432"},
+        },
+        "spec": {
+            "serviceAccountName": "cart",
+            "containers": [{
+                "name": "cart",
+                "image": "cart:1.4",
+                "ports": [{"name": "http", "containerPort": 8080}],
+                "readinessProbe": {"httpGet": {"path": "/ready", "port": "http"}, "periodSeconds": 2},
+                "livenessProbe": {"tcpSocket": {"port": 8080}},
+            }],
+        }
+    })
+}
+
+#[test]
+fn an_admission_review_gets_a_patch_that_makes_a_valid_injected_pod() {
+    let dir = tempfile::tempdir().unwrap();
+    issue(dir.path(), "first", &dir.path().join("serving"));
+    let w = start(dir.path());
+    let ca = dir.path().join("first-ca/ca.crt");
+
+    let (status, body) = post(&w, &ca, "/inject", &review(&shop_pod()));
+    assert_eq!(status, 200, "{body}");
+    let answer: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(answer["apiVersion"], "admission.k8s.io/v1");
+    assert_eq!(answer["kind"], "AdmissionReview");
+    let r = &answer["response"];
+    assert_eq!(r["uid"], "e911857d-c318-11e8-bbad-025000000001");
+    assert_eq!(r["allowed"], true);
+    assert_eq!(r["patchType"], "JSONPatch");
+    let patch = base64::engine::general_purpose::STANDARD
+        .decode(r["patch"].as_str().unwrap())
+        .unwrap();
+    let patch: json_patch::Patch = serde_json::from_slice(&patch).unwrap();
+    let mut pod = shop_pod();
+    json_patch::patch(&mut pod, &patch).unwrap();
+
+    let spec = &pod["spec"];
+    assert_eq!(spec["initContainers"][0]["name"], "meshlet-init");
+    assert_eq!(
+        spec["initContainers"][0]["args"],
+        json!(["init", "--exclude-outbound-ports", "5432"])
+    );
+    assert_eq!(spec["initContainers"][1]["name"], "meshlet");
+    assert_eq!(spec["initContainers"][1]["image"], "meshlet:test");
+    assert_eq!(spec["volumes"][0]["secret"]["secretName"], "cart-svid");
+    assert_eq!(
+        spec["containers"][0]["readinessProbe"],
+        json!({"httpGet": {"path": "/app-health/cart/readiness", "port": 15021}, "periodSeconds": 2})
+    );
+
+    if let Some(validator) = validator_or_skip("webhook_patch_validates") {
+        let mut pod = pod.clone();
+        pod["metadata"]["name"] = json!("cart-7d4b9c-x2x9q");
+        let file = dir.path().join("pod.json");
+        std::fs::write(&file, pod.to_string()).unwrap();
+        kubernetes_validate(&validator, &[&file]).unwrap();
+    }
+
+    // The patched pod comes back (reinvocation): no second injection.
+    let (_, body) = post(&w, &ca, "/inject", &review(&pod));
+    let again: Value = serde_json::from_str(&body).unwrap();
+    assert!(again["response"].get("patch").is_none(), "{body}");
+
+    // Not an AdmissionReview: 400, not a crash.
+    assert_eq!(post(&w, &ca, "/inject", "{\"kind\": \"Pod\"}").0, 400);
+    assert_eq!(post(&w, &ca, "/inject", "not json").0, 400);
+}
+
+#[test]
+fn a_new_serving_certificate_on_disk_is_served_without_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let serving = dir.path().join("serving");
+    issue(dir.path(), "old", &serving);
+    let w = start(dir.path());
+    let (old_ca, new_ca) = (
+        dir.path().join("old-ca/ca.crt"),
+        dir.path().join("new-ca/ca.crt"),
+    );
+    assert_eq!(
+        post(&w, &old_ca, "/healthz", "").0,
+        404,
+        "healthz is GET only"
+    );
+
+    // As a Secret volume does it: the new pair is written aside, then swapped in by rename.
+    let staged = dir.path().join("staged");
+    issue(dir.path(), "new", &staged);
+    for f in ["tls.key", "tls.crt"] {
+        std::fs::rename(staged.join(f), serving.join(f)).unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let (status, _) = post(&w, &new_ca, "/inject", &review(&shop_pod()));
+        if status == 200 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the new certificate was not picked up"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(
+        post(&w, &old_ca, "/inject", &review(&shop_pod())).0,
+        0,
+        "old CA no longer matches"
+    );
+}
