@@ -3,8 +3,28 @@
 # namespaces with real iptables. The end-to-end tests need root: as a normal user this script
 # runs the test binaries through `sudo -E` when sudo works without a password, and otherwise
 # they skip with a message (MESHLET_REQUIRE_ROOT_TESTS=1 turns a skip into a failure).
+# Kubernetes manifests (shipped and generated) are validated with kubernetes-validate from PyPI,
+# installed once into target/kubernetes-validate when it is not on the PATH
+# (MESHLET_REQUIRE_MANIFEST_TESTS=1 makes its absence a failure).
 set -euo pipefail
 cd "$(dirname "$0")"
+if [ -z "${MESHLET_KUBERNETES_VALIDATE:-}" ]; then
+  venv=target/kubernetes-validate
+  if command -v kubernetes-validate >/dev/null 2>&1; then
+    MESHLET_KUBERNETES_VALIDATE=$(command -v kubernetes-validate)
+  else
+    if [ ! -x "$venv/bin/kubernetes-validate" ]; then
+      echo "test.sh: installing kubernetes-validate from PyPI into $venv" >&2
+      mkdir -p target && rm -rf "$venv"
+      python3 -m venv "$venv" && "$venv/bin/pip" install -q kubernetes-validate ||
+        echo "test.sh: could not install kubernetes-validate; the manifest tests will skip" >&2
+    fi
+    if [ -x "$venv/bin/kubernetes-validate" ]; then
+      MESHLET_KUBERNETES_VALIDATE=$PWD/$venv/bin/kubernetes-validate
+    fi
+  fi
+  export MESHLET_KUBERNETES_VALIDATE="${MESHLET_KUBERNETES_VALIDATE:-}"
+fi
 if [ "$(id -u)" -ne 0 ] && sudo -n true 2>/dev/null; then
   host=$(rustc -vV | sed -n 's/^host: //p' | tr 'a-z-' 'A-Z_')
   export "CARGO_TARGET_${host}_RUNNER=sudo -E"

@@ -207,7 +207,10 @@ async fn mesh(
             "verified client certificate without a SPIFFE ID",
         )
     })?;
-    if tls.get_ref().1.alpn_protocol() == Some(tls::ALPN_MUX) {
+    let pooled = tls.get_ref().1.alpn_protocol() == Some(tls::ALPN_MUX);
+    // The counterpart of Cilium's "Successfully authenticated" line, at debug level.
+    debug!(%peer, %dst, %caller, pooled, "caller authenticated: mTLS handshake done, SVID verified");
+    if pooled {
         let caller_not_after = tls
             .get_ref()
             .1
