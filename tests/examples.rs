@@ -96,3 +96,20 @@ fn every_meshlet_configuration_in_a_config_map_is_accepted_by_the_proxy() {
     }
     assert!(seen >= 2);
 }
+
+#[test]
+fn the_readme_lists_every_annotation_with_its_meaning() {
+    let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
+    let rows: Vec<&str> = readme
+        .lines()
+        .filter(|l| l.starts_with("| `meshlet.io/"))
+        .collect();
+    let expected: Vec<String> = meshlet_inject::settings::ANNOTATIONS
+        .iter()
+        .map(|(name, what)| format!("| `meshlet.io/{name}` | {what} |"))
+        .collect();
+    assert_eq!(
+        rows, expected,
+        "README's annotation table differs from settings::ANNOTATIONS"
+    );
+}
