@@ -16,6 +16,7 @@ const PROBES: &str = "admin:
     app/readiness: {port: 8080, probe: {httpGet: {path: /ready, port: http}, timeoutSeconds: 2}}
     app/liveness: {port: 8080, probe: {tcpSocket: {port: 8080}}}
     app/startup: {port: 8080, probe: {httpGet: {path: /status/503, port: 8080}}}
+    grpc/readiness: {port: 8080, probe: {grpc: {port: 8080}}}
 ";
 
 /// What the kubelet gets for GET http://ip:port/path from the node: the status, 0 when the
@@ -56,15 +57,17 @@ fn the_kubelet_probes_the_app_through_the_admin_port_and_strict_mode_stays_stric
     let health =
         |lab: &Lab, kind: &str| kubelet_get(lab, pod.ip, 15021, &format!("/app-health/app/{kind}"));
 
-    // App up: the HTTP and TCP probes pass; an HTTP probe the app answers with 503 fails.
+    // App up: the HTTP, TCP and gRPC probes pass; an HTTP probe the app answers with 503 fails.
     assert_eq!(health(&mesh.lab, "readiness"), 200);
     assert_eq!(health(&mesh.lab, "liveness"), 200);
     assert_eq!(health(&mesh.lab, "startup"), 503);
     assert_eq!(health(&mesh.lab, "unknown"), 404);
+    let grpc = |lab: &Lab| kubelet_get(lab, pod.ip, 15021, "/app-health/grpc/readiness");
+    assert_eq!(grpc(&mesh.lab), 200);
     // The kubelet's own plaintext probe of the app port is refused in strict mode.
     assert_eq!(kubelet_get(&mesh.lab, pod.ip, APP_PORT, "/ready"), 0);
 
-    // App down: both fail, and the proxy says why.
+    // App down: all fail.
     mesh.lab
         .stop(
             &format!("app-app-{APP_PORT}"),
@@ -73,6 +76,7 @@ fn the_kubelet_probes_the_app_through_the_admin_port_and_strict_mode_stays_stric
         .unwrap();
     assert_eq!(health(&mesh.lab, "readiness"), 503);
     assert_eq!(health(&mesh.lab, "liveness"), 503);
+    assert_eq!(grpc(&mesh.lab), 503);
 }
 
 #[test]

@@ -146,7 +146,23 @@ pub async fn serve_http(listen: SocketAddr, name: String) -> anyhow::Result<()> 
     }
 }
 
+/// grpc.health.v1 `Check` answered SERVING (an encoded HealthCheckResponse{status: 1} in one
+/// uncompressed gRPC frame), so probes of gRPC apps can be tested against the demo app.
+fn grpc_serving() -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(Bytes::from_static(&[0, 0, 0, 0, 2, 0x08, 0x01])));
+    let h = resp.headers_mut();
+    h.insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/grpc"),
+    );
+    h.insert("grpc-status", http::HeaderValue::from_static("0"));
+    resp
+}
+
 fn describe(name: &str, peer: SocketAddr, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+    if req.uri().path() == "/grpc.health.v1.Health/Check" {
+        return grpc_serving();
+    }
     let mut body = format!(
         "hello from {name}\ncaller address: {peer}\nrequest: {} {}\n",
         req.method(),
