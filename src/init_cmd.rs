@@ -38,6 +38,9 @@ pub struct InitArgs {
     /// outbound destination ports never captured
     #[arg(long, default_value = "", value_name = "P,..")]
     exclude_outbound_ports: String,
+    /// outbound destination ports to capture: '*' or a list; '' captures none
+    #[arg(long, default_value = "*", value_name = "'*'|P,..")]
+    include_outbound_ports: String,
     /// program IPv6 too: auto (when the namespace has a global IPv6 address), on, off
     #[arg(long, value_enum, default_value_t = Ipv6Arg::Auto)]
     ipv6: Ipv6Arg,
@@ -98,6 +101,11 @@ impl InitArgs {
             exclude_outbound_ports: parse_ports(
                 "--exclude-outbound-ports",
                 &self.exclude_outbound_ports,
+            )
+            .map_err(usage)?,
+            include_outbound_ports: parse_port_selection(
+                "--include-outbound-ports",
+                &self.include_outbound_ports,
             )
             .map_err(usage)?,
         };

@@ -49,6 +49,7 @@ pub struct CaptureConfig {
     pub include_outbound_cidrs: CidrSelection,
     pub exclude_outbound_cidrs: Vec<IpNet>,
     pub exclude_outbound_ports: Vec<PortRange>,
+    pub include_outbound_ports: PortSelection,
 }
 
 impl Default for CaptureConfig {
@@ -64,6 +65,7 @@ impl Default for CaptureConfig {
             include_outbound_cidrs: CidrSelection::All,
             exclude_outbound_cidrs: Vec::new(),
             exclude_outbound_ports: Vec::new(),
+            include_outbound_ports: PortSelection::All,
         }
     }
 }

@@ -152,24 +152,43 @@ pub fn render_apply(cfg: &CaptureConfig, family: Family, stale_jumps: &[String])
             "RETURN",
         );
     }
-    match &cfg.include_outbound_cidrs {
-        CidrSelection::All => rule(
-            &mut out,
-            "MESHLET_OUTPUT",
-            "-p tcp",
-            "all other outbound TCP goes to the proxy",
-            "MESHLET_REDIRECT",
-        ),
-        CidrSelection::List(nets) => {
-            for net in family_nets(nets, family) {
-                rule(
-                    &mut out,
-                    "MESHLET_OUTPUT",
-                    &format!("-d {net}"),
+    // What is left is captured when both its destination and its port are included.
+    let destinations: Vec<(String, &str)> = match &cfg.include_outbound_cidrs {
+        CidrSelection::All => vec![(String::new(), "all other outbound TCP goes to the proxy")],
+        CidrSelection::List(nets) => family_nets(nets, family)
+            .map(|net| {
+                (
+                    format!("-d {net} "),
                     "destination included by --include-outbound-cidrs",
-                    "MESHLET_REDIRECT",
-                );
-            }
+                )
+            })
+            .collect(),
+    };
+    for (dst, why) in destinations {
+        match &cfg.include_outbound_ports {
+            PortSelection::All if dst.is_empty() => rule(
+                &mut out,
+                "MESHLET_OUTPUT",
+                "-p tcp",
+                why,
+                "MESHLET_REDIRECT",
+            ),
+            PortSelection::All => rule(
+                &mut out,
+                "MESHLET_OUTPUT",
+                dst.trim_end(),
+                why,
+                "MESHLET_REDIRECT",
+            ),
+            PortSelection::List(ports) => multiport_rules_with(
+                &mut out,
+                "MESHLET_OUTPUT",
+                &dst,
+                "--dports",
+                ports,
+                "outbound port included by --include-outbound-ports",
+                "MESHLET_REDIRECT",
+            ),
         }
     }
     let _ = writeln!(
@@ -243,11 +262,24 @@ fn multiport_rules(
     why: &str,
     target: &str,
 ) {
+    multiport_rules_with(out, chain, "", dir, ports, why, target)
+}
+
+/// As `multiport_rules`, with `prefix` (e.g. `-d 198.18.0.0/15 `) before the port match.
+fn multiport_rules_with(
+    out: &mut String,
+    chain: &str,
+    prefix: &str,
+    dir: &str,
+    ports: &[PortRange],
+    why: &str,
+    target: &str,
+) {
     let mut group: Vec<String> = Vec::new();
     let mut weight = 0;
     let flush = |out: &mut String, group: &mut Vec<String>| {
         if !group.is_empty() {
-            let matches = format!("-p tcp -m multiport {dir} {}", group.join(","));
+            let matches = format!("{prefix}-p tcp -m multiport {dir} {}", group.join(","));
             rule(out, chain, &matches, why, target);
             group.clear();
         }
@@ -315,6 +347,7 @@ COMMIT
             ),
             exclude_outbound_cidrs: parse_cidrs("--x", "198.19.7.0/24").unwrap(),
             exclude_outbound_ports: parse_ports("--x", "53").unwrap(),
+            include_outbound_ports: PortSelection::All,
         };
         let got = render_apply(&cfg, Family::V4, &[]);
         let body: Vec<&str> = got.lines().skip(7).collect();
@@ -339,6 +372,29 @@ COMMIT
         let v6 = render_apply(&cfg, Family::V6, &[]);
         assert!(v6.contains("-d 2001:2::/48 "), "{v6}");
         assert!(!v6.contains("198.18."), "{v6}");
+    }
+
+    #[test]
+    fn included_outbound_ports_are_captured_only_for_included_destinations() {
+        let cfg = CaptureConfig {
+            include_outbound_cidrs: CidrSelection::List(
+                parse_cidrs("x", "198.18.0.0/15,2001:2::/48").unwrap(),
+            ),
+            include_outbound_ports: PortSelection::List(parse_ports("x", "80,8000-8100").unwrap()),
+            ..CaptureConfig::default()
+        };
+        let v4 = render_apply(&cfg, Family::V4, &[]);
+        assert!(v4.contains(
+            r#"-A MESHLET_OUTPUT -d 198.18.0.0/15 -p tcp -m multiport --dports 80,8000:8100 -m comment --comment "meshlet: outbound port included by --include-outbound-ports" -j MESHLET_REDIRECT"#
+        ), "{v4}");
+        assert!(!v4.contains("2001:2::/48"));
+        let all_dsts = CaptureConfig {
+            include_outbound_ports: PortSelection::List(parse_ports("x", "443").unwrap()),
+            ..CaptureConfig::default()
+        };
+        let text = render_apply(&all_dsts, Family::V4, &[]);
+        assert!(text.contains(r#"-A MESHLET_OUTPUT -p tcp -m multiport --dports 443 -m comment --comment "meshlet: outbound port included by --include-outbound-ports" -j MESHLET_REDIRECT"#), "{text}");
+        assert!(!text.contains("all other outbound TCP"));
     }
 
     #[test]

@@ -22,6 +22,7 @@ pub const ANNOTATIONS: &[(&str, &str)] = &[
     ("inbound-mode", "`strict` (default) or `permissive`"),
     ("include-inbound-ports", "ports captured inbound: `*` (default) or a list (`8080,9000-9100`)"),
     ("exclude-inbound-ports", "ports never captured inbound"),
+    ("include-outbound-ports", "destination ports captured outbound: `*` (default) or a list"),
     ("exclude-outbound-ports", "destination ports never captured outbound"),
     ("include-outbound-cidrs", "destinations captured outbound: `*` (default) or CIDRs"),
     ("exclude-outbound-cidrs", "destinations never captured outbound (CIDRs)"),
@@ -227,6 +228,7 @@ pub struct Settings {
     pub inbound_mode: Option<String>,
     pub include_inbound_ports: Ports,
     pub exclude_inbound_ports: Ports,
+    pub include_outbound_ports: Ports,
     pub exclude_outbound_ports: Ports,
     pub include_outbound_cidrs: Cidrs,
     pub exclude_outbound_cidrs: Cidrs,
@@ -250,6 +252,7 @@ impl Settings {
             inbound_mode: None,
             include_inbound_ports: Ports::All,
             exclude_inbound_ports: Ports::Some(vec![]),
+            include_outbound_ports: Ports::All,
             exclude_outbound_ports: Ports::Some(vec![]),
             include_outbound_cidrs: Cidrs::All,
             exclude_outbound_cidrs: Cidrs::Some(vec![]),
@@ -295,6 +298,9 @@ impl Settings {
                 }
                 "exclude-inbound-ports" => {
                     self.exclude_inbound_ports = Ports::parse(v, false).map_err(bad)?
+                }
+                "include-outbound-ports" => {
+                    self.include_outbound_ports = Ports::parse(v, true).map_err(bad)?
                 }
                 "exclude-outbound-ports" => {
                     self.exclude_outbound_ports = Ports::parse(v, false).map_err(bad)?
