@@ -37,6 +37,17 @@ impl PortRange {
     }
 }
 
+/// Written as it is parsed: `8080` or `8000-8100`.
+impl std::fmt::Display for PortRange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.first == self.last {
+            write!(f, "{}", self.first)
+        } else {
+            write!(f, "{}-{}", self.first, self.last)
+        }
+    }
+}
+
 impl std::str::FromStr for PortRange {
     type Err = String;
 

@@ -125,6 +125,85 @@ pub fn parse_cidr_selection(flag: &str, value: &str) -> Result<CidrSelection, Pa
 }
 
 impl CaptureConfig {
+    /// The `meshlet init` flags that give this configuration: only the values that differ
+    /// from the defaults, in the order of `--help`. The inverse of the parsers above.
+    pub fn to_flags(&self) -> Vec<String> {
+        fn join<T: std::fmt::Display>(items: &[T]) -> String {
+            items.iter().map(T::to_string).collect::<Vec<_>>().join(",")
+        }
+        let ports = |p: &PortSelection| match p {
+            PortSelection::All => "*".to_owned(),
+            PortSelection::List(l) => join(l),
+        };
+        let cidrs = |c: &CidrSelection| match c {
+            CidrSelection::All => "*".to_owned(),
+            CidrSelection::List(l) => join(l),
+        };
+        let d = CaptureConfig::default();
+        let mut flags = Vec::new();
+        let mut flag = |name: &str, value: String, default: String| {
+            if value != default {
+                flags.push(format!("--{name}"));
+                flags.push(value);
+            }
+        };
+        flag(
+            "proxy-uid",
+            self.proxy_uid.to_string(),
+            d.proxy_uid.to_string(),
+        );
+        if let Some(gid) = self.proxy_gid {
+            flag("proxy-gid", gid.to_string(), String::new());
+        }
+        flag(
+            "inbound-port",
+            self.inbound_port.to_string(),
+            d.inbound_port.to_string(),
+        );
+        flag(
+            "outbound-port",
+            self.outbound_port.to_string(),
+            d.outbound_port.to_string(),
+        );
+        flag(
+            "admin-port",
+            self.admin_port.to_string(),
+            d.admin_port.to_string(),
+        );
+        let star = || "*".to_owned();
+        flag(
+            "include-inbound-ports",
+            ports(&self.include_inbound_ports),
+            star(),
+        );
+        flag(
+            "exclude-inbound-ports",
+            join(&self.exclude_inbound_ports),
+            String::new(),
+        );
+        flag(
+            "include-outbound-cidrs",
+            cidrs(&self.include_outbound_cidrs),
+            star(),
+        );
+        flag(
+            "exclude-outbound-cidrs",
+            join(&self.exclude_outbound_cidrs),
+            String::new(),
+        );
+        flag(
+            "exclude-outbound-ports",
+            join(&self.exclude_outbound_ports),
+            String::new(),
+        );
+        flag(
+            "include-outbound-ports",
+            ports(&self.include_outbound_ports),
+            star(),
+        );
+        flags
+    }
+
     /// Refuses combinations that would capture the proxy's own traffic or make no sense.
     pub fn validate(&self) -> Result<(), ParseError> {
         let ports = [
@@ -149,6 +228,28 @@ impl CaptureConfig {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn flags_are_rendered_back_only_where_they_differ_from_the_defaults() {
+        assert!(CaptureConfig::default().to_flags().is_empty());
+        let cfg = CaptureConfig {
+            include_inbound_ports: PortSelection::List(vec![]),
+            exclude_outbound_ports: parse_ports("x", "53, 9000-9100").unwrap(),
+            exclude_outbound_cidrs: parse_cidrs("x", "198.19.0.1").unwrap(),
+            ..CaptureConfig::default()
+        };
+        assert_eq!(
+            cfg.to_flags(),
+            [
+                "--include-inbound-ports",
+                "",
+                "--exclude-outbound-cidrs",
+                "198.19.0.1/32",
+                "--exclude-outbound-ports",
+                "53,9000-9100"
+            ]
+        );
+    }
+
     use super::*;
 
     #[test]

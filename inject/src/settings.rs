@@ -7,7 +7,9 @@ use std::collections::BTreeMap;
 use std::str::FromStr;
 
 use ipnet::IpNet;
-use meshlet_defaults::PortRange;
+use meshlet_init::model::{
+    parse_cidr_selection, parse_cidrs, parse_port_selection, parse_ports, CaptureConfig,
+};
 
 /// The prefix of every annotation (and label) meshlet reads.
 pub const PREFIX: &str = "meshlet.io/";
@@ -83,87 +85,6 @@ impl FromStr for IdentitySource {
     }
 }
 
-/// `*` or a list of port ranges, as `meshlet init` takes them.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Ports {
-    All,
-    Some(Vec<PortRange>),
-}
-
-impl Ports {
-    fn parse(s: &str, star_ok: bool) -> Result<Self, String> {
-        if s.trim() == "*" && star_ok {
-            return Ok(Ports::All);
-        }
-        s.split(',')
-            .filter(|p| !p.trim().is_empty())
-            .map(|p| p.trim().parse::<PortRange>())
-            .collect::<Result<Vec<_>, _>>()
-            .map(Ports::Some)
-    }
-
-    /// The flag value `meshlet init` takes.
-    pub fn render(&self) -> String {
-        match self {
-            Ports::All => "*".into(),
-            Ports::Some(ranges) => ranges
-                .iter()
-                .map(|r| {
-                    if r.first == r.last {
-                        r.first.to_string()
-                    } else {
-                        format!("{}-{}", r.first, r.last)
-                    }
-                })
-                .collect::<Vec<_>>()
-                .join(","),
-        }
-    }
-}
-
-/// `*` or a list of CIDRs.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Cidrs {
-    All,
-    Some(Vec<IpNet>),
-}
-
-impl Cidrs {
-    fn parse(s: &str, star_ok: bool) -> Result<Self, String> {
-        if s.trim() == "*" && star_ok {
-            return Ok(Cidrs::All);
-        }
-        s.split(',')
-            .filter(|c| !c.trim().is_empty())
-            .map(|c| {
-                let c = c.trim();
-                c.parse::<IpNet>()
-                    .or_else(|_| c.parse::<std::net::IpAddr>().map(IpNet::from))
-                    .map_err(|_| format!("{c:?} is not a CIDR (e.g. 198.18.0.0/15)"))
-            })
-            .collect::<Result<Vec<_>, _>>()
-            .map(Cidrs::Some)
-    }
-
-    pub fn render(&self) -> String {
-        match self {
-            Cidrs::All => "*".into(),
-            Cidrs::Some(nets) => nets
-                .iter()
-                .map(|n| n.to_string())
-                .collect::<Vec<_>>()
-                .join(","),
-        }
-    }
-
-    pub fn nets(&self) -> &[IpNet] {
-        match self {
-            Cidrs::All => &[],
-            Cidrs::Some(nets) => nets,
-        }
-    }
-}
-
 /// A Kubernetes resource quantity (`10m`, `64Mi`, `1.5`, `2e3`): digits with an optional
 /// fraction and one suffix the API server accepts.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -226,13 +147,9 @@ pub struct Settings {
     pub identity: IdentitySource,
     pub trust_domain: Option<String>,
     pub inbound_mode: Option<String>,
-    pub include_inbound_ports: Ports,
-    pub exclude_inbound_ports: Ports,
-    pub include_outbound_ports: Ports,
-    pub exclude_outbound_ports: Ports,
-    pub include_outbound_cidrs: Cidrs,
-    pub exclude_outbound_cidrs: Cidrs,
-    pub mtls_cidrs: Cidrs,
+    /// What `meshlet-init` captures (its flags).
+    pub capture: CaptureConfig,
+    pub mtls_cidrs: Vec<IpNet>,
     pub policy: Option<String>,
     pub image: String,
     pub cpu_request: Option<Quantity>,
@@ -250,13 +167,8 @@ impl Settings {
             identity,
             trust_domain: None,
             inbound_mode: None,
-            include_inbound_ports: Ports::All,
-            exclude_inbound_ports: Ports::Some(vec![]),
-            include_outbound_ports: Ports::All,
-            exclude_outbound_ports: Ports::Some(vec![]),
-            include_outbound_cidrs: Cidrs::All,
-            exclude_outbound_cidrs: Cidrs::Some(vec![]),
-            mtls_cidrs: Cidrs::Some(vec![]),
+            capture: CaptureConfig::default(),
+            mtls_cidrs: Vec::new(),
             policy: None,
             image: image.to_owned(),
             cpu_request: Some(Quantity("10m".into())),
@@ -293,25 +205,32 @@ impl Settings {
                     "strict" | "permissive" => self.inbound_mode = Some(v.to_owned()),
                     _ => return Err(bad(format!("{v:?}: expected strict or permissive"))),
                 },
+                // The capture annotations take exactly what `meshlet init` takes.
                 "include-inbound-ports" => {
-                    self.include_inbound_ports = Ports::parse(v, true).map_err(bad)?
+                    self.capture.include_inbound_ports =
+                        parse_port_selection(name, v).map_err(|e| bad(e.0))?
                 }
                 "exclude-inbound-ports" => {
-                    self.exclude_inbound_ports = Ports::parse(v, false).map_err(bad)?
+                    self.capture.exclude_inbound_ports =
+                        parse_ports(name, v).map_err(|e| bad(e.0))?
                 }
                 "include-outbound-ports" => {
-                    self.include_outbound_ports = Ports::parse(v, true).map_err(bad)?
+                    self.capture.include_outbound_ports =
+                        parse_port_selection(name, v).map_err(|e| bad(e.0))?
                 }
                 "exclude-outbound-ports" => {
-                    self.exclude_outbound_ports = Ports::parse(v, false).map_err(bad)?
+                    self.capture.exclude_outbound_ports =
+                        parse_ports(name, v).map_err(|e| bad(e.0))?
                 }
                 "include-outbound-cidrs" => {
-                    self.include_outbound_cidrs = Cidrs::parse(v, true).map_err(bad)?
+                    self.capture.include_outbound_cidrs =
+                        parse_cidr_selection(name, v).map_err(|e| bad(e.0))?
                 }
                 "exclude-outbound-cidrs" => {
-                    self.exclude_outbound_cidrs = Cidrs::parse(v, false).map_err(bad)?
+                    self.capture.exclude_outbound_cidrs =
+                        parse_cidrs(name, v).map_err(|e| bad(e.0))?
                 }
-                "mtls-cidrs" => self.mtls_cidrs = Cidrs::parse(v, false).map_err(bad)?,
+                "mtls-cidrs" => self.mtls_cidrs = parse_cidrs(name, v).map_err(|e| bad(e.0))?,
                 "policy" => self.policy = Some(dns_name(v).map_err(bad)?),
                 "image" => {
                     if v.is_empty() || v.contains(char::is_whitespace) {
@@ -347,6 +266,10 @@ impl Settings {
                 }
             }
         }
+        self.capture.validate().map_err(|e| AnnotationError {
+            annotation: format!("{PREFIX}*-ports / {PREFIX}*-cidrs"),
+            reason: e.0,
+        })?;
         Ok(self)
     }
 }
@@ -433,8 +356,11 @@ mod tests {
             .unwrap();
         assert_eq!(s.sidecar, SidecarMode::Classic);
         assert_eq!(s.identity, IdentitySource::Secret(Some("echo-tls".into())));
-        assert_eq!(s.exclude_inbound_ports.render(), "9090,9100-9200");
-        assert_eq!(s.mtls_cidrs.render(), "198.18.0.0/15,2001:2::/48");
+        assert_eq!(
+            s.capture.to_flags(),
+            ["--exclude-inbound-ports", "9090,9100-9200"]
+        );
+        assert_eq!(s.mtls_cidrs.len(), 2);
         assert_eq!(s.memory_limit, Some(Quantity("128Mi".into())));
     }
 

@@ -5,7 +5,7 @@ use serde_json::{json, Map, Value};
 
 use meshlet_defaults::{ADMIN_PORT, PROXY_UID};
 
-use crate::settings::{Cidrs, IdentitySource, Settings, SidecarMode};
+use crate::settings::{IdentitySource, Settings, SidecarMode};
 
 /// Container and volume names; injection owns exactly these.
 pub const INIT_NAME: &str = "meshlet-init";
@@ -26,37 +26,7 @@ const START_WAIT_SECONDS: u32 = 120;
 /// The capture step: NET_ADMIN and NET_RAW only, as root, everything else dropped.
 pub fn init_container(s: &Settings) -> Value {
     let mut args = vec!["init".to_owned()];
-    let mut flag = |name: &str, value: String, default: &str| {
-        if value != default {
-            args.push(format!("--{name}"));
-            args.push(value);
-        }
-    };
-    flag(
-        "include-inbound-ports",
-        s.include_inbound_ports.render(),
-        "*",
-    );
-    flag(
-        "exclude-inbound-ports",
-        s.exclude_inbound_ports.render(),
-        "",
-    );
-    flag(
-        "exclude-outbound-ports",
-        s.exclude_outbound_ports.render(),
-        "",
-    );
-    flag(
-        "include-outbound-cidrs",
-        s.include_outbound_cidrs.render(),
-        "*",
-    );
-    flag(
-        "exclude-outbound-cidrs",
-        s.exclude_outbound_cidrs.render(),
-        "",
-    );
+    args.extend(s.capture.to_flags());
     json!({
         "name": INIT_NAME,
         "image": s.image,
@@ -146,17 +116,16 @@ fn env(s: &Settings, app_probes: &Map<String, Value>) -> Vec<Value> {
     if let Some(mode) = &s.inbound_mode {
         var("MESHLET_INBOUND_MODE", mode.clone());
     }
-    if let Cidrs::Some(nets) = &s.mtls_cidrs {
-        if !nets.is_empty() {
-            let destinations: Vec<Value> = nets
-                .iter()
-                .map(|n| json!({"cidr": n.to_string(), "mtls": "mtls"}))
-                .collect();
-            var(
-                "MESHLET_OUTBOUND_DESTINATIONS",
-                Value::Array(destinations).to_string(),
-            );
-        }
+    if !s.mtls_cidrs.is_empty() {
+        let destinations: Vec<Value> = s
+            .mtls_cidrs
+            .iter()
+            .map(|n| json!({"cidr": n.to_string(), "mtls": "mtls"}))
+            .collect();
+        var(
+            "MESHLET_OUTBOUND_DESTINATIONS",
+            Value::Array(destinations).to_string(),
+        );
     }
     if let Some(level) = &s.log_level {
         var("MESHLET_LOG_LEVEL", level.clone());
