@@ -28,12 +28,8 @@ impl Drop for Webhook {
 }
 
 fn meshlet(args: &[&str]) {
-    let out = Command::new(exe()).args(args).output().unwrap();
-    assert!(
-        out.status.success(),
-        "meshlet {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (_, err, code) = meshlet_with_input(args, "");
+    assert_eq!(code, 0, "meshlet {args:?}: {err}");
 }
 
 /// A CA in `dir/NAME-ca` and a serving certificate for the webhook's Service name in `out`.
