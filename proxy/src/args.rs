@@ -145,6 +145,13 @@ const KEYS: &[Key] = &[
         false,
     ),
     key(
+        "outbound.bulk_rate",
+        "outbound-bulk-rate",
+        "MESHLET_OUTBOUND_BULK_RATE",
+        "outbound.bulk_rate: bytes/s that make a destination bulk (0 = never)",
+        true,
+    ),
+    key(
         "outbound.max_connections",
         "outbound-max-connections",
         "MESHLET_OUTBOUND_MAX_CONNECTIONS",

@@ -180,6 +180,9 @@ pub struct OutboundConfig {
     #[serde(deserialize_with = "duration")]
     pub auto_detect_timeout: Duration,
     pub max_connections: usize,
+    /// Pooled transport: a connection that averages this many bytes per second for at least
+    /// a second gives its destination connections of their own (see `bulk`); 0: never.
+    pub bulk_rate: u64,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -348,6 +351,7 @@ impl Default for OutboundConfig {
             auto_fallback_ttl: Duration::from_secs(60),
             auto_detect_timeout: Duration::from_secs(2),
             max_connections: 16384,
+            bulk_rate: 64 << 20,
         }
     }
 }

@@ -23,6 +23,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
+use crate::bulk::BulkRule;
 use crate::config::Transport;
 use crate::metrics::Metrics;
 use crate::metrics::OUTBOUND;
@@ -283,16 +284,25 @@ pub struct Connector {
     pub dialer: Arc<Dialer>,
     pub pool: Pool,
     pub transport: Transport,
+    /// Pooled transport: which destinations get connections of their own.
+    pub bulk: BulkRule,
 }
 
 impl Connector {
-    pub fn new(dialer: Dialer, transport: Transport) -> Self {
+    pub fn new(dialer: Dialer, transport: Transport, bulk_rate: u64) -> Self {
         let dialer = Arc::new(dialer);
         Connector {
             pool: Pool::new(dialer.clone()),
             dialer,
             transport,
+            bulk: BulkRule::new(bulk_rate),
         }
+    }
+
+    /// Records a finished app connection to `dst` (its bytes both ways and how long it
+    /// lasted); true when it made `dst` a bulk destination.
+    pub fn finished(&self, dst: SocketAddr, bytes: u64, lasted: Duration) -> bool {
+        self.transport == Transport::Pooled && self.bulk.observe(dst, bytes, lasted)
     }
 
     /// An authenticated path to the meshlet proxy at `dst`. Nothing of the application is sent:
@@ -305,8 +315,10 @@ impl Connector {
         probe: bool,
     ) -> Result<(Upstream, SpiffeId), ConnectError> {
         match self.transport {
-            Transport::Pooled => self.pool.open(dst, pins, handshake_timeout, probe).await,
-            Transport::PerConnection => {
+            Transport::Pooled if !self.bulk.is_bulk(dst) => {
+                self.pool.open(dst, pins, handshake_timeout, probe).await
+            }
+            Transport::Pooled | Transport::PerConnection => {
                 self.dialer
                     .own_connection(dst, pins, handshake_timeout, probe)
                     .await

@@ -155,8 +155,14 @@ where
     (result, ab.bytes, ba.bytes)
 }
 
-/// [`copy_both`], with the outcome and byte counts recorded in the metrics.
-pub async fn bidirectional<A, B>(direction: &'static str, metrics: &Metrics, a: &mut A, b: &mut B)
+/// [`copy_both`], with the outcome and byte counts recorded in the metrics; returns the bytes
+/// moved both ways.
+pub async fn bidirectional<A, B>(
+    direction: &'static str,
+    metrics: &Metrics,
+    a: &mut A,
+    b: &mut B,
+) -> u64
 where
     A: AsyncRead + AsyncWrite + Unpin + ?Sized,
     B: AsyncRead + AsyncWrite + Unpin + ?Sized,
@@ -170,6 +176,7 @@ where
         }
     };
     metrics.closed(direction, outcome, sent, received);
+    sent + received
 }
 
 #[cfg(test)]

@@ -16,6 +16,7 @@
 pub mod admin;
 pub mod app_probe;
 pub mod args;
+pub mod bulk;
 pub mod config;
 pub mod connector;
 pub mod copy;
@@ -148,6 +149,7 @@ pub async fn start(
                 connect_timeout: config.timeouts.connect,
             },
             config.outbound.transport,
+            config.outbound.bulk_rate,
         ),
         store: store.clone(),
         metrics: metrics.clone(),

@@ -70,6 +70,7 @@ pub struct Metrics {
     pub cert_expiry_seconds: Gauge,
     pub rotations: Family<ResultLabels, Counter>,
     pub auto_fallbacks: Counter,
+    pub bulk_destinations: Counter,
     pub http_requests: Family<HttpLabels, Counter>,
     pub mux_connections: Family<DirLabels, Counter>,
     pub mux_streams: Family<DirLabels, Counter>,
@@ -97,6 +98,7 @@ impl Metrics {
         let cert_expiry_seconds = Gauge::default();
         let rotations = Family::<ResultLabels, Counter>::default();
         let auto_fallbacks = Counter::default();
+        let bulk_destinations = Counter::default();
         let http_requests = Family::<HttpLabels, Counter>::default();
         let mux_connections = Family::<DirLabels, Counter>::default();
         let mux_streams = Family::<DirLabels, Counter>::default();
@@ -156,6 +158,11 @@ impl Metrics {
             auto_fallbacks.clone(),
         );
         registry.register(
+            "outbound_bulk_destinations",
+            "Destinations marked as carrying bulk transfers (their connections skip the pool)",
+            bulk_destinations.clone(),
+        );
+        registry.register(
             "http_requests",
             "HTTP requests on policy ports, by port and decision",
             http_requests.clone(),
@@ -183,6 +190,7 @@ impl Metrics {
             cert_expiry_seconds,
             rotations,
             auto_fallbacks,
+            bulk_destinations,
             http_requests,
             mux_connections,
             mux_streams,

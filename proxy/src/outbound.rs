@@ -5,11 +5,13 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Instant;
 
 use tokio::net::TcpStream;
 use tokio::sync::OwnedSemaphorePermit;
 use tracing::{debug, info};
 
+use crate::bulk;
 use crate::config::MtlsMode;
 use crate::config::Timeouts;
 use crate::connector::Connector;
@@ -78,8 +80,7 @@ async fn serve(
                     .at(dst)
                 })?;
             debug!(%peer, %dst, server = %id, "outbound mTLS established");
-            outbound.metrics.opened(OUTBOUND, "mtls");
-            copy::bidirectional(OUTBOUND, &outbound.metrics, &mut app, &mut upstream).await;
+            relay_mesh(outbound, &mut app, &mut upstream, dst).await;
             Ok(())
         }
         MtlsMode::Auto => {
@@ -99,9 +100,10 @@ async fn serve(
             {
                 Ok((mut upstream, id)) => {
                     debug!(%peer, %dst, server = %id, "outbound mTLS established (auto)");
-                    outbound.routes.remember_mesh(dst);
-                    outbound.metrics.opened(OUTBOUND, "mtls");
-                    copy::bidirectional(OUTBOUND, &outbound.metrics, &mut app, &mut upstream).await;
+                    if !proven {
+                        outbound.routes.remember_mesh(dst);
+                    }
+                    relay_mesh(outbound, &mut app, &mut upstream, dst).await;
                     Ok(())
                 }
                 Err(e) if !proven && e.peer_is_not_mesh() => {
@@ -122,6 +124,23 @@ async fn serve(
                 }
             }
         }
+    }
+}
+
+/// Copies an app connection over an established mTLS path, then lets the connector learn from
+/// how much it carried (bulk destinations get connections of their own).
+async fn relay_mesh(
+    outbound: &Outbound,
+    app: &mut TcpStream,
+    upstream: &mut connector::Upstream,
+    dst: SocketAddr,
+) {
+    outbound.metrics.opened(OUTBOUND, "mtls");
+    let started = Instant::now();
+    let moved = copy::bidirectional(OUTBOUND, &outbound.metrics, app, upstream).await;
+    if outbound.connector.finished(dst, moved, started.elapsed()) {
+        outbound.metrics.bulk_destinations.inc();
+        info!(%dst, bytes = moved, "bulk transfers to this destination: its next connections get an mTLS connection of their own for {}s", bulk::REMEMBER.as_secs());
     }
 }
 

@@ -440,3 +440,66 @@ async fn a_pooled_connection_takes_no_stream_once_the_callers_certificate_has_ex
     );
     assert_eq!(echo.accepted.load(Ordering::SeqCst), 1);
 }
+
+#[tokio::test]
+async fn a_destination_that_carried_a_bulk_transfer_gets_connections_of_its_own() {
+    let ca = Ca::new(TD, DAY).unwrap();
+    let echo = echo().await;
+    let (client, server) =
+        pooled_pair(&ca, "outbound: {mtls: mtls, bulk_rate: 1048576}", echo.addr).await;
+    let addr = client.outbound_addrs[0];
+    assert_eq!(roundtrip(addr, b"short").await.unwrap(), b"short");
+
+    // 3 MiB over about 1.2 s: 2.5 MiB/s, above the 1 MiB/s of bulk_rate.
+    let conn = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut r, mut w) = conn.into_split();
+    let reader = tokio::spawn(async move {
+        let mut back = Vec::new();
+        r.read_to_end(&mut back).await.unwrap();
+        back.len()
+    });
+    let chunk = vec![7u8; 1 << 20];
+    for _ in 0..3 {
+        w.write_all(&chunk).await.unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+    }
+    w.shutdown().await.unwrap();
+    assert_eq!(reader.await.unwrap(), 3 << 20);
+    assert_metric(&client, "meshlet_outbound_bulk_destinations_total", 1.0).await;
+
+    // Both rode the pooled connection; the next three each pay a handshake of their own.
+    assert_eq!(metric(&metrics(&server).await, HANDSHAKES), 1.0);
+    for _ in 0..3 {
+        assert_eq!(roundtrip(addr, b"x").await.unwrap(), b"x");
+    }
+    assert_eq!(metric(&metrics(&server).await, HANDSHAKES), 4.0);
+}
+
+#[tokio::test]
+async fn chatty_connections_stay_pooled() {
+    let ca = Ca::new(TD, DAY).unwrap();
+    let echo = echo().await;
+    let (client, server) = pooled_pair(&ca, "outbound: {mtls: mtls}", echo.addr).await;
+    let addr = client.outbound_addrs[0];
+    // A long-lived connection with small exchanges: far below the default 64 MiB/s.
+    let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut buf = [0u8; 5];
+    for _ in 0..12 {
+        conn.write_all(b"hello").await.unwrap();
+        conn.read_exact(&mut buf).await.unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    drop(conn);
+    for _ in 0..3 {
+        assert_eq!(roundtrip(addr, b"x").await.unwrap(), b"x");
+    }
+    let m = metrics(&server).await;
+    assert_eq!(metric(&m, HANDSHAKES), 1.0, "{m}");
+    assert_eq!(
+        metric(
+            &metrics(&client).await,
+            "meshlet_outbound_bulk_destinations_total"
+        ),
+        0.0
+    );
+}
