@@ -248,7 +248,8 @@ def haproxy_confs(d, host):
     # comparison is one worker each), 32 KB buffers (tune.bufsize: fewer reads and writes per
     # byte on bulk transfers), kernel splicing wherever both sides are plain TCP (the relay
     # floor; haproxy skips it on TLS sides), TLS session reuse towards the server (its default).
-    head = ("global\n  nbthread 1\n  maxconn 9000\n  tune.bufsize 32768\n"
+    # maxpipes bounds the splice pipes so that maxconn still fits the open-files limit.
+    head = ("global\n  nbthread 1\n  maxconn 9000\n  tune.bufsize 32768\n  maxpipes 256\n"
             "  ssl-default-bind-options ssl-min-ver TLSv1.3\n  ssl-default-server-options ssl-min-ver TLSv1.3\n"
             "defaults\n  mode tcp\n  option splice-auto\n  timeout connect 5s\n  timeout client 5m\n  timeout server 5m\n  maxconn 9000\n")
     client, server = head, head
