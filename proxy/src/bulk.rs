@@ -10,10 +10,10 @@
 //! chatty connections (requests, keep-alive clients) stay pooled: their average rate is far
 //! below a bulk transfer's.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use crate::expiring::ExpiringMap;
 
 /// A connection shorter than this never marks its destination, however fast.
 pub const MIN_DURATION: Duration = Duration::from_secs(1);
@@ -25,14 +25,14 @@ const MAX_MARKED: usize = 4096;
 pub struct BulkRule {
     /// Bytes per second; 0 turns the rule off.
     rate: u64,
-    marked: Mutex<HashMap<SocketAddr, Instant>>,
+    marked: ExpiringMap<SocketAddr>,
 }
 
 impl BulkRule {
     pub fn new(rate: u64) -> Self {
         BulkRule {
             rate,
-            marked: Mutex::new(HashMap::new()),
+            marked: ExpiringMap::new(MAX_MARKED),
         }
     }
 
@@ -41,17 +41,7 @@ impl BulkRule {
         if self.rate == 0 {
             return false;
         }
-        let Ok(mut marked) = self.marked.lock() else {
-            return false;
-        };
-        match marked.get(&dst) {
-            Some(until) if *until > Instant::now() => true,
-            Some(_) => {
-                marked.remove(&dst);
-                false
-            }
-            None => false,
-        }
+        self.marked.get(dst).is_some()
     }
 
     /// Records a finished connection to `dst`; true when it marks the destination afresh.
@@ -62,21 +52,7 @@ impl BulkRule {
         if (bytes as f64) < self.rate as f64 * lasted.as_secs_f64() {
             return false;
         }
-        let Ok(mut marked) = self.marked.lock() else {
-            return false;
-        };
-        let now = Instant::now();
-        if marked.len() >= MAX_MARKED && !marked.contains_key(&dst) {
-            marked.retain(|_, until| *until > now);
-            if marked.len() >= MAX_MARKED {
-                if let Some(oldest) = marked.iter().min_by_key(|(_, u)| **u).map(|(d, _)| *d) {
-                    marked.remove(&oldest);
-                }
-            }
-        }
-        marked
-            .insert(dst, now + REMEMBER)
-            .is_none_or(|until| until <= now)
+        self.marked.insert(dst, (), REMEMBER)
     }
 }
 
@@ -117,6 +93,6 @@ mod tests {
         for port in 1..=(MAX_MARKED as u16 + 10) {
             rule.observe(dst(port), 10, Duration::from_secs(2));
         }
-        assert!(rule.marked.lock().unwrap().len() <= MAX_MARKED);
+        assert!(rule.marked.len() <= MAX_MARKED);
     }
 }

@@ -21,6 +21,7 @@ pub mod config;
 pub mod connector;
 pub mod copy;
 pub mod detect;
+pub mod expiring;
 pub mod http;
 pub mod http_path;
 pub mod id_match;

@@ -16,7 +16,7 @@ use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Method, Request, StatusCode};
@@ -27,6 +27,7 @@ use meshlet_identity::SpiffeId;
 use tracing::{debug, info};
 
 use crate::connector::{check_pins, ConnectError, Dialer, Upstream};
+use crate::expiring::ExpiringMap;
 use crate::locate;
 use crate::metrics::OUTBOUND;
 use crate::mux_wire::{
@@ -70,7 +71,7 @@ pub struct Pool {
     /// Peers that answered the pooled ALPN with the per-connection one.
     no_mux: Mutex<HashMap<IpAddr, ()>>,
     /// Destinations found to be virtual, until when.
-    virtual_dsts: Mutex<HashMap<SocketAddr, Instant>>,
+    virtual_dsts: ExpiringMap<SocketAddr>,
 }
 
 /// Where a stream is sent and how it was decided.
@@ -95,7 +96,7 @@ impl Pool {
             dialer,
             slots: Mutex::default(),
             no_mux: Mutex::default(),
-            virtual_dsts: Mutex::default(),
+            virtual_dsts: ExpiringMap::new(MAX_PEERS),
         }
     }
 
@@ -128,31 +129,12 @@ impl Pool {
     }
 
     fn is_virtual(&self, dst: SocketAddr) -> bool {
-        let Ok(mut map) = self.virtual_dsts.lock() else {
-            return false;
-        };
-        match map.get(&dst) {
-            Some(until) if *until > Instant::now() => true,
-            Some(_) => {
-                map.remove(&dst);
-                false
-            }
-            None => false,
-        }
+        self.virtual_dsts.get(dst).is_some()
     }
 
     fn remember_virtual(&self, dst: SocketAddr) {
-        if let Ok(mut map) = self.virtual_dsts.lock() {
-            let now = Instant::now();
-            if map.len() >= MAX_PEERS {
-                map.retain(|_, until| *until > now);
-                if map.len() >= MAX_PEERS {
-                    map.clear();
-                }
-            }
-            if map.insert(dst, now + VIRTUAL_TTL).is_none() {
-                info!(%dst, "virtual destination (translated by the node): each connection is located first");
-            }
+        if self.virtual_dsts.insert(dst, (), VIRTUAL_TTL) {
+            info!(%dst, "virtual destination (translated by the node): each connection is located first");
         }
     }
 

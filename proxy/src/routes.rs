@@ -1,14 +1,13 @@
 //! Outbound routing: which destinations get mTLS, and what `auto` has learned about peers.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use ipnet::IpNet;
 use meshlet_identity::SpiffeId;
 
 use crate::config::{MtlsMode, OutboundConfig, PortSpec};
+use crate::expiring::ExpiringMap;
 
 /// How to reach one destination.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -33,27 +32,13 @@ pub struct Routes {
     fallback_ttl: Duration,
     /// Destinations found not to be meshlet proxies: until when, and under which identity
     /// generation (ours and our bundle's) the finding was made.
-    plain_until: Mutex<HashMap<SocketAddr, (Instant, u64)>>,
-    /// Destinations that proved to be meshlet proxies, until when.
-    mesh_until: Mutex<HashMap<SocketAddr, Instant>>,
+    plain_until: ExpiringMap<SocketAddr, u64>,
+    /// Destinations that proved to be meshlet proxies.
+    mesh_until: ExpiringMap<SocketAddr>,
 }
 
 /// How long a destination that proved to be a meshlet proxy is held to mTLS under `auto`.
 const MESH_TTL: Duration = Duration::from_secs(3600);
-
-fn remember(map: &Mutex<HashMap<SocketAddr, Instant>>, dst: SocketAddr, ttl: Duration) {
-    let Ok(mut map) = map.lock() else {
-        return;
-    };
-    let now = Instant::now();
-    if map.len() >= MAX_REMEMBERED {
-        map.retain(|_, until| *until > now);
-        if map.len() >= MAX_REMEMBERED {
-            map.clear();
-        }
-    }
-    map.insert(dst, now + ttl);
-}
 
 impl Routes {
     /// Built from configuration that was parsed already: nothing here can fail.
@@ -77,8 +62,8 @@ impl Routes {
                 identities: None,
             },
             fallback_ttl: config.auto_fallback_ttl,
-            plain_until: Mutex::new(HashMap::new()),
-            mesh_until: Mutex::new(HashMap::new()),
+            plain_until: ExpiringMap::new(MAX_REMEMBERED),
+            mesh_until: ExpiringMap::new(MAX_REMEMBERED),
         }
     }
 
@@ -99,13 +84,10 @@ impl Routes {
     /// Whether `auto` recently learned that `dst` is not a meshlet proxy. A finding made under
     /// another identity or bundle (`generation`) is forgotten: the failure may have been ours.
     pub fn known_plain(&self, dst: SocketAddr, generation: u64) -> bool {
-        let Ok(mut map) = self.plain_until.lock() else {
-            return false;
-        };
-        match map.get(&dst) {
-            Some((until, made_in)) if *until > Instant::now() && *made_in == generation => true,
+        match self.plain_until.get(dst) {
+            Some(made_in) if made_in == generation => true,
             Some(_) => {
-                map.remove(&dst);
+                self.plain_until.remove(dst);
                 false
             }
             None => false,
@@ -113,29 +95,16 @@ impl Routes {
     }
 
     pub fn remember_plain(&self, dst: SocketAddr, generation: u64) {
-        let Ok(mut map) = self.plain_until.lock() else {
-            return;
-        };
-        let now = Instant::now();
-        if map.len() >= MAX_REMEMBERED {
-            map.retain(|_, (until, made_in)| *until > now && *made_in == generation);
-            if map.len() >= MAX_REMEMBERED {
-                map.clear();
-            }
-        }
-        map.insert(dst, (now + self.fallback_ttl, generation));
+        self.plain_until.insert(dst, generation, self.fallback_ttl);
     }
 
     /// Whether `dst` recently proved to be a meshlet proxy.
     pub fn known_mesh(&self, dst: SocketAddr) -> bool {
-        self.mesh_until
-            .lock()
-            .map(|m| m.get(&dst).is_some_and(|until| *until > Instant::now()))
-            .unwrap_or(false)
+        self.mesh_until.get(dst).is_some()
     }
 
     pub fn remember_mesh(&self, dst: SocketAddr) {
-        remember(&self.mesh_until, dst, MESH_TTL);
+        self.mesh_until.insert(dst, (), MESH_TTL);
     }
 }
 
