@@ -11,7 +11,7 @@
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use http::header::{HeaderName, HeaderValue};
 use http::uri::PathAndQuery;
 use http_body_util::{BodyExt, Empty, Full};
@@ -20,7 +20,7 @@ use prost::Message;
 use serde::Deserialize;
 use tokio::net::TcpStream;
 
-use crate::spire::grpc_frame;
+use crate::grpc;
 
 /// One probe as configured: the port its original resolves to and what to run there.
 #[derive(Clone, Debug, Deserialize)]
@@ -220,7 +220,7 @@ async fn grpc_check(conn: TcpStream, addr: SocketAddr, service: &str) -> Result<
             .await
             .map_err(|e| format!("HTTP/2 with {addr}: {e}"))?;
     tokio::spawn(driver);
-    let body = grpc_frame(&health::HealthCheckRequest {
+    let body = grpc::frame(&health::HealthCheckRequest {
         service: service.to_owned(),
     });
     let req = http::Request::post(format!("http://{addr}/grpc.health.v1.Health/Check"))
@@ -232,7 +232,7 @@ async fn grpc_check(conn: TcpStream, addr: SocketAddr, service: &str) -> Result<
         .send_request(req)
         .await
         .map_err(|e| format!("gRPC Health/Check on {addr}: {e}"))?;
-    if let Some(err) = grpc_status_error(resp.headers()) {
+    if let Some(err) = grpc::failure(resp.headers()) {
         return Err(format!("gRPC Health/Check on {addr}: {err}"));
     }
     let collected = resp
@@ -240,19 +240,12 @@ async fn grpc_check(conn: TcpStream, addr: SocketAddr, service: &str) -> Result<
         .collect()
         .await
         .map_err(|e| format!("gRPC Health/Check on {addr}: {e}"))?;
-    if let Some(err) = collected.trailers().and_then(grpc_status_error) {
+    if let Some(err) = collected.trailers().and_then(grpc::failure) {
         return Err(format!("gRPC Health/Check on {addr}: {err}"));
     }
     let mut data = BytesMut::from(collected.to_bytes().as_ref());
-    if data.len() < 5 || data[0] != 0 {
-        return Err(format!(
-            "gRPC Health/Check on {addr}: no uncompressed answer"
-        ));
-    }
-    data.advance(1);
-    let len = data.get_u32() as usize;
-    let message = data
-        .get(..len)
+    let message = grpc::take_message(&mut data, 64 << 10)
+        .map_err(|e| format!("gRPC Health/Check on {addr}: {e}"))?
         .ok_or_else(|| format!("gRPC Health/Check on {addr}: truncated answer"))?;
     let status = health::HealthCheckResponse::decode(message)
         .map_err(|e| format!("gRPC Health/Check on {addr}: {e}"))?
@@ -264,11 +257,6 @@ async fn grpc_check(conn: TcpStream, addr: SocketAddr, service: &str) -> Result<
             "gRPC Health/Check on {addr}: status {status}, not SERVING"
         ))
     }
-}
-
-fn grpc_status_error(headers: &http::HeaderMap) -> Option<String> {
-    let status = headers.get("grpc-status")?.to_str().ok()?;
-    (status != "0").then(|| format!("grpc-status {status}"))
 }
 
 #[cfg(test)]

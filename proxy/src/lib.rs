@@ -22,6 +22,7 @@ pub mod connector;
 pub mod copy;
 pub mod detect;
 pub mod expiring;
+pub mod grpc;
 pub mod http;
 pub mod http_path;
 pub mod id_match;

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::BytesMut;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -20,6 +20,7 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use tokio::net::UnixStream;
 use tracing::{info, warn};
 
+use crate::grpc;
 use crate::metrics::Metrics;
 use crate::rotation;
 
@@ -75,16 +76,6 @@ pub fn socket_path(uri: &str) -> Result<PathBuf, String> {
     }
 }
 
-/// Frames gRPC messages: one byte "compressed" flag, four bytes length, the message.
-pub fn grpc_frame(message: &impl Message) -> Bytes {
-    let body = message.encode_to_vec();
-    let mut out = BytesMut::with_capacity(5 + body.len());
-    out.extend_from_slice(&[0]);
-    out.extend_from_slice(&(body.len() as u32).to_be_bytes());
-    out.extend_from_slice(&body);
-    out.freeze()
-}
-
 /// An open `FetchX509SVID` stream.
 pub struct SvidStream {
     body: Incoming,
@@ -109,14 +100,14 @@ impl SvidStream {
             .header(http::header::CONTENT_TYPE, "application/grpc")
             .header(http::header::TE, "trailers")
             .header(SECURITY_HEADER, "true")
-            .body(Full::new(grpc_frame(&proto::X509SvidRequest {})))
+            .body(Full::new(grpc::frame(&proto::X509SvidRequest {})))
             .map_err(|e| e.to_string())?;
         let resp = sender
             .send_request(req)
             .await
             .map_err(|e| format!("FetchX509SVID failed: {e}"))?;
-        if let Some(status) = grpc_error(resp.headers()) {
-            return Err(status);
+        if let Some(status) = grpc::failure(resp.headers()) {
+            return Err(format!("Workload API error: {status}"));
         }
         if resp.status() != http::StatusCode::OK {
             return Err(format!("FetchX509SVID answered HTTP {}", resp.status()));
@@ -130,30 +121,20 @@ impl SvidStream {
     /// The next update; `Ok(None)` when the agent ended the stream cleanly.
     pub async fn next(&mut self) -> Result<Option<proto::X509SvidResponse>, String> {
         loop {
-            if self.buf.len() >= 5 {
-                let len = u32::from_be_bytes([self.buf[1], self.buf[2], self.buf[3], self.buf[4]])
-                    as usize;
-                if len > 16 << 20 {
-                    return Err(format!("Workload API message of {len} bytes is too large"));
-                }
-                if self.buf.len() >= 5 + len {
-                    if self.buf[0] != 0 {
-                        return Err("compressed Workload API messages are not supported".into());
-                    }
-                    self.buf.advance(5);
-                    let msg = self.buf.split_to(len);
-                    return proto::X509SvidResponse::decode(msg.freeze())
-                        .map(Some)
-                        .map_err(|e| format!("malformed X509SVIDResponse: {e}"));
-                }
+            if let Some(msg) = grpc::take_message(&mut self.buf, 16 << 20)
+                .map_err(|e| format!("Workload API stream: {e}"))?
+            {
+                return proto::X509SvidResponse::decode(msg)
+                    .map(Some)
+                    .map_err(|e| format!("malformed X509SVIDResponse: {e}"));
             }
             match self.body.frame().await {
                 None => return Ok(None),
                 Some(Err(e)) => return Err(format!("Workload API stream broke: {e}")),
                 Some(Ok(frame)) => {
                     if let Some(trailers) = frame.trailers_ref() {
-                        if let Some(status) = grpc_error(trailers) {
-                            return Err(status);
+                        if let Some(status) = grpc::failure(trailers) {
+                            return Err(format!("Workload API error: {status}"));
                         }
                     } else if let Ok(data) = frame.into_data() {
                         self.buf.extend_from_slice(&data);
@@ -162,18 +143,6 @@ impl SvidStream {
             }
         }
     }
-}
-
-fn grpc_error(headers: &http::HeaderMap) -> Option<String> {
-    let status = headers.get("grpc-status")?.to_str().ok()?;
-    if status == "0" {
-        return None;
-    }
-    let message = headers
-        .get("grpc-message")
-        .and_then(|m| m.to_str().ok())
-        .unwrap_or("");
-    Some(format!("Workload API error {status}: {message}"))
 }
 
 /// Splits concatenated DER certificates.

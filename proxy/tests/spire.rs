@@ -14,7 +14,8 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use meshlet_identity::issue::{Ca, Pem};
 use meshlet_identity::source::parse_certs;
 use meshlet_identity::{crypto_provider, IdentityStore, SpiffeId, SpiffeServerVerifier};
-use meshlet_proxy::spire::{self, grpc_frame, proto};
+use meshlet_proxy::grpc;
+use meshlet_proxy::spire::{self, proto};
 use rustls::pki_types::{PrivateKeyDer, ServerName};
 use rustls_pki_types::pem::PemObject;
 use tokio::net::{TcpStream, UnixListener};
@@ -81,7 +82,7 @@ impl FakeAgent {
     }
 
     fn send(&self, update: &proto::X509SvidResponse) {
-        let frame = grpc_frame(update);
+        let frame = grpc::frame(update);
         *self.last.lock().unwrap() = Some(frame.clone());
         self.calls
             .lock()
