@@ -22,7 +22,7 @@ use meshlet_inject::Settings;
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use rustls_pki_types::PrivateKeyDer;
 use tokio::net::TcpListener;
 use tracing::{info, warn};
 
@@ -82,12 +82,8 @@ fn load_pair(cert: &Path, key: &Path) -> Result<Pair, String> {
             .map_err(|e| format!("{}: {e}", p.display()))
     };
     let (cert_pem, key_pem) = (read(cert)?, read(key)?);
-    let chain = CertificateDer::pem_slice_iter(&cert_pem)
-        .collect::<Result<Vec<_>, _>>()
+    let chain = meshlet_identity::source::parse_certs(&cert_pem)
         .map_err(|e| format!("{}: {e}", cert.display()))?;
-    if chain.is_empty() {
-        return Err(format!("{}: no certificate", cert.display()));
-    }
     let private =
         PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| format!("{}: {e}", key.display()))?;
     let provider = meshlet_identity::crypto_provider();

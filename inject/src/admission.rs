@@ -94,10 +94,12 @@ fn decide(req: &Value, entry: Entry, defaults: &Settings) -> (Option<Vec<u8>>, V
     if pod::is_injected(&meta) {
         return quiet();
     }
-    let asked = match pod::annotations(&meta).map(|a| settings::inject_switch(&a)) {
-        Ok(Ok(asked)) => asked,
-        Ok(Err(e)) => return skip(e.to_string()),
-        Err(e) => return skip(e.to_string()),
+    let asked = pod::annotations(&meta)
+        .map_err(|e| e.to_string())
+        .and_then(|a| settings::inject_switch(&a).map_err(|e| e.to_string()));
+    let asked = match asked {
+        Ok(asked) => asked,
+        Err(e) => return skip(e),
     };
     match (entry, asked) {
         (_, Some(false)) => return quiet(),
