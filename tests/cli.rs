@@ -19,10 +19,8 @@ fn threads(pid: u32) -> usize {
         .unwrap_or(0)
 }
 
-#[test]
-fn the_proxy_logs_json_runs_the_configured_workers_and_exits_cleanly_on_sigterm() {
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path().to_str().unwrap();
+/// A CA and an SVID for `spiffe://cluster.local/ns/t/sa/cli` under `d`.
+fn issue_identity(d: &str) {
     let ok = |args: &[&str]| {
         assert!(Command::new(exe())
             .args(args)
@@ -49,18 +47,12 @@ fn the_proxy_logs_json_runs_the_configured_workers_and_exits_cleanly_on_sigterm(
         "--out",
         &format!("{d}/id"),
     ]);
-    // Ports unlikely to collide with anything else on the machine.
-    let base = 30000 + (std::process::id() % 10000) as u16 * 2 % 20000;
-    let mut child = Command::new(exe())
-        .args([
-            "proxy",
-            "--log-format",
-            "json",
-            "--workers",
-            "2",
-            "--admin-address",
-            "127.0.0.1:0",
-        ])
+}
+
+/// `meshlet proxy` with the identity of `issue_identity`, listening on `base` and `base + 1`.
+fn proxy(d: &str, base: u16, admin: &str) -> Command {
+    let mut cmd = Command::new(exe());
+    cmd.args(["proxy", "--admin-address", admin])
         .args([
             "--inbound-port",
             &base.to_string(),
@@ -73,7 +65,19 @@ fn the_proxy_logs_json_runs_the_configured_workers_and_exits_cleanly_on_sigterm(
             "--identity-key",
             &format!("{d}/id/tls.key"),
         ])
-        .args(["--identity-bundle", &format!("{d}/id/ca.crt")])
+        .args(["--identity-bundle", &format!("{d}/id/ca.crt")]);
+    cmd
+}
+
+#[test]
+fn the_proxy_logs_json_runs_the_configured_workers_and_exits_cleanly_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    issue_identity(d);
+    // Ports unlikely to collide with anything else on the machine.
+    let base = 30000 + (std::process::id() % 10000) as u16 * 2 % 20000;
+    let mut child = proxy(d, base, "127.0.0.1:0")
+        .args(["--log-format", "json", "--workers", "2"])
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
@@ -111,4 +115,45 @@ fn the_proxy_logs_json_runs_the_configured_workers_and_exits_cleanly_on_sigterm(
         rest.iter().any(|l| l.contains("meshlet proxy stopped")),
         "{rest:?}"
     );
+}
+
+#[test]
+fn wait_ready_returns_once_the_proxy_is_ready_and_fails_when_it_never_is() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    issue_identity(d);
+    let base = 40000 + (std::process::id() % 5000) as u16 * 3 % 15000;
+    let admin = format!("127.0.0.1:{}", base + 2);
+    // The hook starts before the proxy, as a classic sidecar's postStart may.
+    let waiter = Command::new(exe())
+        .args(["wait-ready", "--admin", &admin, "--timeout", "30s"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let mut child = proxy(d, base, &admin)
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let waited = waiter.wait_with_output().unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        waited.status.success(),
+        "{}",
+        String::from_utf8_lossy(&waited.stderr)
+    );
+
+    let started = Instant::now();
+    let never = Command::new(exe())
+        .args(["wait-ready", "--admin", &admin, "--timeout", "1s"])
+        .output()
+        .unwrap();
+    assert_eq!(never.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&never.stderr).contains("not ready within 1s"),
+        "{}",
+        String::from_utf8_lossy(&never.stderr)
+    );
+    assert!(started.elapsed() < Duration::from_secs(10));
 }

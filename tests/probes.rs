@@ -94,12 +94,14 @@ fn meshlet_check_passes_in_a_meshed_pod_and_names_what_is_missing_otherwise() {
         mesh.start_proxy(pod, &id, "").unwrap();
     }
     mesh.init(&meshed, &[]).unwrap();
-    let check = |pod: &Pod| {
+    let check_with = |pod: &Pod, extra: &[&str]| {
         let mut cmd = mesh.lab.cmd_as(pod, 1337, exe());
         cmd.args(["check", "--cert"])
-            .arg(mesh.dir.join(&pod.name).join("identity/tls.crt"));
+            .arg(mesh.dir.join(&pod.name).join("identity/tls.crt"))
+            .args(extra);
         output(cmd)
     };
+    let check = |pod: &Pod| check_with(pod, &[]);
 
     let (out, _, ok) = check(&meshed);
     assert!(ok, "{out}");
@@ -109,6 +111,13 @@ fn meshlet_check_passes_in_a_meshed_pod_and_names_what_is_missing_otherwise() {
         out.contains("spiffe://cluster.local/ns/default/sa/meshed"),
         "{out}"
     );
+
+    // The lab issues SVIDs for an hour: asking for more fails the identity check alone.
+    let (out, err, ok) = check_with(&meshed, &["--min-validity", "2h"]);
+    assert!(!ok);
+    assert!(out.contains("[FAIL] identity"), "{out}");
+    assert!(out.contains("not being renewed"), "{out}");
+    assert!(err.contains("1 check(s) failed"), "{err}");
 
     let (out, err, ok) = check(&bare);
     assert!(!ok);
