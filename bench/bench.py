@@ -19,7 +19,9 @@ Metrics: keep-alive requests/s and p50/p99 (wrk, 50 connections), new connection
 (wrk with `Connection: close`), p50/p99 at a fixed 2,000 requests/s (oha, when installed:
 `cargo install oha`), bulk throughput (iperf3), proxy CPU time per request (both proxies, during
 the keep-alive run), proxy RSS idle and after load, and memory per idle connection (N idle
-connections held through the pair).
+connections held through the pair), and the first request after the pair starts (curl, before any
+warm-up: the pair's first handshake and whatever else a proxy does only once; the peers' start-up
+check connects once first, which lets haproxy handshake with its server side in advance).
 
 Second topology, `svc:` scenarios (as in a cluster): the pods hang off a routing "node" namespace
 that publishes a Service address 198.18.9.10 the way kube-proxy's iptables mode does (DNAT per
@@ -398,6 +400,13 @@ def wrk(target, seconds, conns, close=False):
             "errors": (errors.group(1) if errors else None), "non_2xx": int(non2xx.group(1)) if non2xx else 0}
 
 
+def first_request(target):
+    out = ns(CLIENT, "curl", "-s", "-o", "/dev/null", "-w", "%{http_code} %{time_total}", f"http://{target}/").stdout.split()
+    if not out or out[0] != "200":
+        raise RuntimeError(f"first request to {target}: {out}")
+    return float(out[1]) * 1000
+
+
 def oha_fixed_rate(target, seconds, rate):
     oha = shutil.which("oha") or os.path.expanduser("~/.cargo/bin/oha")
     if not os.path.exists(oha):
@@ -455,6 +464,9 @@ def idle_memory(procs, names, target, n, d):
 def run_scenario(kind, procs, d, meshlet, secs, conns, idle_n, topo):
     target, ihost, iport, names = start_pair(kind, procs, d, meshlet, topo)
     r = {}
+    # The first request after start, before any warm-up: what the first caller of a new pod
+    # waits for (the pair's first TLS handshake and whatever else a proxy does only once).
+    r["first_request_ms"] = first_request(target)
     wrk(target, 1, 4)  # warm-up
     r["rss_idle_kb"] = procs.memory_kb(names)
     cpu0 = procs.cpu_seconds(names)
@@ -508,7 +520,7 @@ def fmt_spread(v, lo_hi, spec):
 
 
 def table(results, spreads=None):
-    cols = ["keep-alive rps", "p50 ms", "p99 ms", "new conn/s", "fixed p50", "fixed p99", "bulk Gb/s", "CPU us/req", "RSS idle MB", "RSS load MB", "KB/idle conn"]
+    cols = ["keep-alive rps", "p50 ms", "p99 ms", "new conn/s", "fixed p50", "fixed p99", "bulk Gb/s", "CPU us/req", "RSS idle MB", "RSS load MB", "KB/idle conn", "first req ms"]
     lines = ["| scenario | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
     for kind, r in results.items():
         sp = (spreads or {}).get(kind) or {}
@@ -523,7 +535,8 @@ def table(results, spreads=None):
                fmt_spread(r["bulk_gbps"], sp.get("bulk_gbps"), ".2f"),
                fmt_spread(r["cpu_us_per_request"], sp.get("cpu_us_per_request"), ".1f"),
                fmt(r["rss_idle_kb"] / 1024 if r["rss_idle_kb"] else None, ".1f"),
-               fmt(r["rss_loaded_kb"] / 1024 if r["rss_loaded_kb"] else None, ".1f"), fmt(idle.get("kb_per_connection"), ".1f")]
+               fmt(r["rss_loaded_kb"] / 1024 if r["rss_loaded_kb"] else None, ".1f"), fmt(idle.get("kb_per_connection"), ".1f"),
+               fmt(r.get("first_request_ms"), ".1f")]
         lines.append(f"| {kind} | " + " | ".join(row) + " |")
     return "\n".join(lines)
 

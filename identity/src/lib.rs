@@ -22,3 +22,16 @@ pub use verify::{PeerError, SpiffeClientVerifier, SpiffeServerVerifier, Usage};
 pub fn crypto_provider() -> std::sync::Arc<rustls::crypto::CryptoProvider> {
     std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider())
 }
+
+/// Makes the provider's random number generator ready now, rather than in the first TLS
+/// handshake. aws-lc seeds it from CPU jitter entropy the first time anything in the process
+/// asks for random bytes: about 400 million instructions, 40 ms or more of a core. Left to the
+/// first handshake, that stalls the first connection after start (and every other connection
+/// on the same runtime thread) instead of the start-up, before readiness is reported.
+pub fn seed_random(provider: &rustls::crypto::CryptoProvider) -> Result<(), rustls::Error> {
+    let mut scratch = [0u8; 32];
+    provider
+        .secure_random
+        .fill(&mut scratch)
+        .map_err(|_| rustls::Error::FailedToGetRandomBytes)
+}

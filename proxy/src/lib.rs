@@ -111,6 +111,7 @@ pub async fn start(
     listeners: Listeners,
 ) -> anyhow::Result<Running> {
     let provider = meshlet_identity::crypto_provider();
+    meshlet_identity::seed_random(&provider).context("seeding the random number generator")?;
     let tls = tls::configs(store.clone(), provider).context("building the TLS configuration")?;
     let metrics = Arc::new(metrics::Metrics::new());
     let lifecycle = Arc::new(lifecycle::Lifecycle::default());
