@@ -97,7 +97,10 @@ fn load_pair(cert: &Path, key: &Path) -> Result<Pair, String> {
 
 async fn serve(args: WebhookArgs, pair: Pair) -> Result<(), Failure> {
     let serving = Arc::new(Serving(ArcSwap::from_pointee(pair.key)));
-    let mut tls = rustls::ServerConfig::builder_with_provider(meshlet_identity::crypto_provider())
+    let provider = meshlet_identity::crypto_provider();
+    meshlet_identity::seed_random(&provider)
+        .map_err(|e| Failure::Runtime(format!("seeding the random number generator: {e}")))?;
+    let mut tls = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| Failure::Runtime(e.to_string()))?
         .with_no_client_auth()
