@@ -146,19 +146,25 @@ class Procs:
                 pass
         return total
 
-    def stop(self, names=None):
+    def stop(self, names=None, grace=5):
+        """SIGTERM, then SIGKILL after `grace` seconds; returns the names that had to be killed."""
+        killed = []
         for name in list(names or self.procs):
             p = self.procs.pop(name, None)
             if p is None:
                 continue
             try:
                 os.killpg(p.pid, signal.SIGTERM)
-                p.wait(timeout=5)
-            except (ProcessLookupError, subprocess.TimeoutExpired):
+                p.wait(timeout=grace)
+            except ProcessLookupError:
+                p.wait()  # it had exited already
+            except subprocess.TimeoutExpired:
+                killed.append(name)
                 try:
                     os.killpg(p.pid, signal.SIGKILL)
                 except ProcessLookupError:
                     pass
+        return killed
 
 
 def topology(topo):

@@ -133,15 +133,9 @@ class Pair:
 
     def stop(self):
         """Stops the pair gracefully (callgrind writes its counts at exit) and waits for it."""
-        for name in self.names:
-            p = self.procs.procs.pop(name, None)
-            if p is None:
-                continue
-            try:
-                os.killpg(p.pid, signal.SIGTERM)
-                p.wait(timeout=120)
-            except (ProcessLookupError, subprocess.TimeoutExpired):
-                raise RuntimeError(f"{name} did not exit on SIGTERM; its counts are lost")
+        killed = self.procs.stop(self.names, grace=120)
+        if killed:
+            raise RuntimeError(f"{', '.join(killed)} did not exit on SIGTERM; their counts are lost")
 
     def instructions(self):
         """Instructions over the pair's lifetime, all its processes together."""
