@@ -16,8 +16,9 @@ only while a workload runs, after a warm-up. callgrind counts a whole process li
 workload gets a lifetime of its own, warm-up included, and the count of a lifetime with the warm-up
 alone is subtracted: start-up, handshakes and shutdown cancel out.
 
-  keep-alive   one connection, N requests one after the other (each a 29-byte response)
   new conn     M connections one after the other, one request each, `Connection: close`
+  keep-alive   one connection, N requests one after the other (each a 29-byte response); the
+               count of one new connection (with its first request) is taken off
   bulk         iperf3 -n BYTES through the pair, counted per KiB
 
 meshlet runs with `outbound.bulk_rate: 0` here, so that "meshlet" counts bulk on the pooled
@@ -204,9 +205,18 @@ class Syscalls:
 
 def workloads(pair, d, a):
     """(name, unit count, run) for each workload."""
-    return [("keepalive", a.requests, lambda: serial(d, pair.http, "keepalive", a.requests)),
-            ("new_connection", a.connections, lambda: serial(d, pair.http, "close", a.connections)),
+    return [("new_connection", a.connections, lambda: serial(d, pair.http, "close", a.connections)),
+            ("keepalive", a.requests, lambda: serial(d, pair.http, "keepalive", a.requests)),
             ("bulk_kib", a.bytes / 1024, lambda: iperf_bytes(pair.iperf, a.bytes))]
+
+
+def per_unit(out, name, total, units):
+    """The keep-alive load opens one connection (a whole handshake for a tunnel, a stream for
+    meshlet) and sends its first request on it: that is one `new_connection`, counted just
+    before, so it comes off, and the rest is per request."""
+    if name == "keepalive":
+        return (total - out["new_connection"]) / (units - 1)
+    return total / units
 
 
 def warm_up(pair, d):
@@ -233,7 +243,7 @@ def lifetime(kind, d, a, callgrind=None, work=None):
             for name, units, run in workloads(pair, d, a):
                 with Syscalls(pair) as s:
                     run()
-                out[name] = s.count / units
+                out[name] = per_unit(out, name, s.count, units)
             return out
         for name, units, run in workloads(pair, d, a):
             if name == work:
@@ -249,8 +259,10 @@ def instructions(kind, d, a):
     """Instructions per unit of each workload: its lifetime minus a warm-up-only lifetime."""
     cg = f"{d}/callgrind-{kind}"
     base = lifetime(kind, d, a, f"{cg}-warm-up")
-    return {name: (lifetime(kind, d, a, f"{cg}-{name}", name) - base) / units
-            for name, units, _ in workloads(None, d, a)}
+    out = {}
+    for name, units, _ in workloads(None, d, a):
+        out[name] = per_unit(out, name, lifetime(kind, d, a, f"{cg}-{name}", name) - base, units)
+    return out
 
 
 def main():
