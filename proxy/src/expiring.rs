@@ -1,15 +1,19 @@
 //! What the outbound side remembers about destinations for a while — not a meshlet proxy
 //! (`auto`), proved to be one, virtual (a Service address), bulk — as one bounded map of
 //! deadlines: a scan of many addresses cannot grow memory without end, and an expired entry is
-//! gone the first time it is asked about.
+//! gone the first time it is asked about. Each new outbound connection asks several of these
+//! maps, and most are empty most of the time, so an empty map answers without its lock.
 
 use std::collections::HashMap;
 use std::hash::Hash;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 pub struct ExpiringMap<K, V = ()> {
     entries: Mutex<HashMap<K, (Instant, V)>>,
+    /// `entries.len()`, kept beside it (written under the lock) for the lock-free empty check.
+    len: AtomicUsize,
     capacity: usize,
 }
 
@@ -17,17 +21,22 @@ impl<K: Eq + Hash + Copy, V: Copy> ExpiringMap<K, V> {
     pub fn new(capacity: usize) -> Self {
         ExpiringMap {
             entries: Mutex::new(HashMap::new()),
+            len: AtomicUsize::new(0),
             capacity,
         }
     }
 
     /// The value remembered for `key`, if its time has not run out.
     pub fn get(&self, key: K) -> Option<V> {
+        if self.is_empty() {
+            return None;
+        }
         let mut entries = self.entries.lock().ok()?;
         match entries.get(&key) {
             Some((until, value)) if *until > Instant::now() => Some(*value),
             Some(_) => {
                 entries.remove(&key);
+                self.len.store(entries.len(), Ordering::Release);
                 None
             }
             None => None,
@@ -50,20 +59,23 @@ impl<K: Eq + Hash + Copy, V: Copy> ExpiringMap<K, V> {
                 }
             }
         }
-        entries
+        let fresh = entries
             .insert(key, (now + ttl, value))
-            .is_none_or(|(until, _)| until <= now)
+            .is_none_or(|(until, _)| until <= now);
+        self.len.store(entries.len(), Ordering::Release);
+        fresh
     }
 
     /// Forgets `key`.
     pub fn remove(&self, key: K) {
         if let Ok(mut entries) = self.entries.lock() {
             entries.remove(&key);
+            self.len.store(entries.len(), Ordering::Release);
         }
     }
 
     pub fn len(&self) -> usize {
-        self.entries.lock().map(|e| e.len()).unwrap_or(0)
+        self.len.load(Ordering::Acquire)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -105,5 +117,6 @@ mod tests {
         assert_eq!(map.get(4), Some(40));
         map.remove(4);
         assert_eq!(map.get(4), None);
+        assert_eq!(map.len(), 2, "the count follows removals");
     }
 }
