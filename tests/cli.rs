@@ -19,8 +19,10 @@ fn threads(pid: u32) -> usize {
         .unwrap_or(0)
 }
 
-/// A CA and an SVID for `spiffe://cluster.local/ns/t/sa/cli` under `d`.
-fn issue_identity(d: &str) {
+/// A directory holding a CA and an SVID for `spiffe://cluster.local/ns/t/sa/cli`.
+fn identity_dir() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let out = |sub: &str| dir.path().join(sub).to_str().unwrap().to_owned();
     let ok = |args: &[&str]| {
         assert!(Command::new(exe())
             .args(args)
@@ -35,48 +37,47 @@ fn issue_identity(d: &str) {
         "--trust-domain",
         "cluster.local",
         "--out",
-        &format!("{d}/ca"),
+        &out("ca"),
     ]);
     ok(&[
         "cert",
         "issue",
         "--ca",
-        &format!("{d}/ca"),
+        &out("ca"),
         "--spiffe-id",
         "spiffe://cluster.local/ns/t/sa/cli",
         "--out",
-        &format!("{d}/id"),
+        &out("id"),
     ]);
+    dir
 }
 
-/// `meshlet proxy` with the identity of `issue_identity`, listening on `base` and `base + 1`.
-fn proxy(d: &str, base: u16, admin: &str) -> Command {
+/// A loopback port nothing listens on right now.
+fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().port()
+}
+
+/// `meshlet proxy` with the identity in `dir`, its listeners on free ports.
+fn proxy(dir: &tempfile::TempDir, admin: &str) -> Command {
+    let id = |file: &str| dir.path().join("id").join(file);
     let mut cmd = Command::new(exe());
     cmd.args(["proxy", "--admin-address", admin])
-        .args([
-            "--inbound-port",
-            &base.to_string(),
-            "--outbound-port",
-            &(base + 1).to_string(),
-        ])
-        .args([
-            "--identity-cert",
-            &format!("{d}/id/tls.crt"),
-            "--identity-key",
-            &format!("{d}/id/tls.key"),
-        ])
-        .args(["--identity-bundle", &format!("{d}/id/ca.crt")]);
+        .args(["--inbound-port", &free_port().to_string()])
+        .args(["--outbound-port", &free_port().to_string()])
+        .arg("--identity-cert")
+        .arg(id("tls.crt"))
+        .arg("--identity-key")
+        .arg(id("tls.key"))
+        .arg("--identity-bundle")
+        .arg(id("ca.crt"));
     cmd
 }
 
 #[test]
 fn the_proxy_logs_json_runs_the_configured_workers_and_exits_cleanly_on_sigterm() {
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path().to_str().unwrap();
-    issue_identity(d);
-    // Ports unlikely to collide with anything else on the machine.
-    let base = 30000 + (std::process::id() % 10000) as u16 * 2 % 20000;
-    let mut child = proxy(d, base, "127.0.0.1:0")
+    let dir = identity_dir();
+    let mut child = proxy(&dir, "127.0.0.1:0")
         .args(["--log-format", "json", "--workers", "2"])
         .stderr(Stdio::piped())
         .spawn()
@@ -119,11 +120,8 @@ fn the_proxy_logs_json_runs_the_configured_workers_and_exits_cleanly_on_sigterm(
 
 #[test]
 fn wait_ready_returns_once_the_proxy_is_ready_and_fails_when_it_never_is() {
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path().to_str().unwrap();
-    issue_identity(d);
-    let base = 40000 + (std::process::id() % 5000) as u16 * 3 % 15000;
-    let admin = format!("127.0.0.1:{}", base + 2);
+    let dir = identity_dir();
+    let admin = format!("127.0.0.1:{}", free_port());
     // The hook starts before the proxy, as a classic sidecar's postStart may.
     let waiter = Command::new(exe())
         .args(["wait-ready", "--admin", &admin, "--timeout", "30s"])
@@ -131,10 +129,7 @@ fn wait_ready_returns_once_the_proxy_is_ready_and_fails_when_it_never_is() {
         .spawn()
         .unwrap();
     std::thread::sleep(Duration::from_millis(500));
-    let mut child = proxy(d, base, &admin)
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = proxy(&dir, &admin).stderr(Stdio::null()).spawn().unwrap();
     let waited = waiter.wait_with_output().unwrap();
     let _ = child.kill();
     let _ = child.wait();
