@@ -92,13 +92,13 @@ def meshlet_conf(d, who, transport):
 
 
 class Pair:
-    """One scenario's proxies, started natively or under callgrind."""
+    """One scenario's proxies, started natively, or under callgrind writing into `cg_dir`."""
 
-    def __init__(self, kind, procs, d, meshlet, callgrind):
+    def __init__(self, kind, procs, d, meshlet, cg_dir):
         self.kind, self.procs, self.d = kind, procs, d
-        self.cg_dir = callgrind
+        self.cg_dir = cg_dir
         wrap = []
-        if callgrind:
+        if cg_dir:
             shutil.rmtree(self.cg_dir, ignore_errors=True)
             os.makedirs(self.cg_dir)
             os.chmod(self.cg_dir, 0o777)
@@ -226,19 +226,19 @@ def warm_up(pair, d):
     serial(d, pair.http, "close", 5)
 
 
-def lifetime(kind, d, a, callgrind=None, work=None):
+def lifetime(kind, d, a, cg_dir=None, work=None):
     """One life of the pair: start, warm up, then either count each workload's system calls
-    (natively) or run `work` and return the pair's instructions (under callgrind, in the
-    directory `callgrind`)."""
+    (natively) or run `work` and return the pair's instructions (under callgrind, writing into
+    `cg_dir`)."""
     procs = bench.Procs(d)
     bench.topology(bench.Topo(False))
     try:
         procs.start("app", ["nginx", "-p", d, "-c", bench.nginx_app_conf(d, 0), "-g", "daemon off;"],
                     netns=SERVER, wait_port=(SERVER_IP, 8080))
         procs.start("iperf3", ["iperf3", "-s", "-p", "5201"], netns=SERVER, wait_port=(SERVER_IP, 5201))
-        pair = Pair(kind, procs, d, a.meshlet, callgrind)
+        pair = Pair(kind, procs, d, a.meshlet, cg_dir)
         warm_up(pair, d)
-        if callgrind is None:
+        if cg_dir is None:
             out = {}
             for name, units, run in workloads(pair, d, a):
                 with Syscalls(pair) as s:
