@@ -25,7 +25,7 @@ check connects once first, which lets haproxy handshake with its server side in 
 
 Second topology, `svc:` scenarios (as in a cluster): the pods hang off a routing "node" namespace
 that publishes a Service address 198.18.9.10 the way kube-proxy's iptables mode does (DNAT per
-connection to one of two server pods 198.18.0.2 and 198.18.0.3, chosen at random, masquerade).
+connection to one of two server pods 198.18.0.2 and 198.18.0.3, chosen at random, sources kept).
 The client calls 198.18.9.10:80, translated to port 8080 of a backend; the tunnels' client side
 connects to 198.18.9.10:18443. Every server pod runs its own app, iperf3 and server-side proxy;
 the bulk (iperf3) Services have one backend, since iperf3's control and data connections must
@@ -179,13 +179,15 @@ def topology(topo):
             sh("ip", "-n", name, "link", "set", "lo", "up")
         return
     # The node: a bridge for the pods, an address they route the Service through, and
-    # kube-proxy's iptables-mode translation (random per connection, then masquerade).
+    # kube-proxy's iptables-mode translation (random per connection; replies bridged back
+    # through conntrack with br_netfilter, as kube-proxy needs on a bridge CNI).
     sh("ip", "netns", "add", NODE)
     sh("ip", "-n", NODE, "link", "set", "lo", "up")
     sh("ip", "-n", NODE, "link", "add", "br0", "type", "bridge")
     sh("ip", "-n", NODE, "addr", "add", f"{NODE_IP}/24", "dev", "br0")
     sh("ip", "-n", NODE, "link", "set", "br0", "up")
     ns(NODE, "sysctl", "-qw", "net.ipv4.ip_forward=1")
+    ns(NODE, "sysctl", "-qw", "net.bridge.bridge-nf-call-iptables=1")
     for i, (name, ip) in enumerate(((CLIENT, CLIENT_IP), (SERVER, SERVER_IP), (SERVER2, SERVER2_IP))):
         sh("ip", "netns", "add", name)
         sh("ip", "-n", NODE, "link", "add", f"p{i}", "type", "veth", "peer", "name", "eth0", "netns", name)
@@ -203,7 +205,7 @@ def topology(topo):
             rules.append(f"-A {chain} -p tcp -j DNAT --to-destination {SERVER2_IP}:{target}")
         else:
             rules.append(f"-A {chain} -p tcp -j DNAT --to-destination {SERVER_IP}:{target}")
-    rules += ["-A POSTROUTING -m conntrack --ctstate DNAT -j MASQUERADE", "COMMIT", ""]
+    rules += ["COMMIT", ""]
     ns(NODE, "iptables-restore", "--noflush", input="\n".join(rules))
 
 

@@ -65,13 +65,42 @@ fn shares(replies: &[Reply]) -> (usize, usize) {
     (a, b)
 }
 
-fn service_calls_reach_both_backends(name: &str, proxy_yaml: &str) {
+/// A counter of a pod's proxy, from its /metrics (0 when absent).
+fn counter(mesh: &Mesh, pod: &Pod, series: &str) -> u64 {
+    let admin = SocketAddr::from(([127, 0, 0, 1], 15021));
+    let text = mesh.get(pod, admin, &["/metrics"]).unwrap().remove(0).body;
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+fn service_calls_reach_both_backends(name: &str, proxy_yaml: &str, pooled: bool) {
     let c = cluster(name, proxy_yaml);
     let svc = SocketAddr::from((VIP, 80));
 
     let replies = c.mesh.get_each_new(&c.client, svc, 40, &["/svc"]).unwrap();
 
     assert_eq!(replies.len(), 40, "every call answered");
+    let streams: u64 = c
+        .backends
+        .iter()
+        .map(|b| {
+            counter(
+                &c.mesh,
+                b,
+                r#"meshlet_pooled_streams_total{direction="inbound"}"#,
+            )
+        })
+        .sum();
+    if pooled {
+        // The first call learns that the address is virtual; the others are located and ride
+        // pooled connections (none falls back to a connection of its own).
+        let log = std::fs::read_to_string(c.mesh.dir.join("client/proxy.log")).unwrap();
+        assert!(
+            streams >= 39,
+            "located calls rode pooled streams: {streams} of 40; the client's log:\n{log}"
+        );
+    }
     let (a, b) = shares(&replies);
     // Binomial(40, 1/2): below 8 on either side has a probability of about 1e-5.
     assert!(
@@ -89,7 +118,7 @@ fn service_calls_are_balanced_over_the_backends_with_the_pooled_transport() {
     if !root_or_skip("service_calls_are_balanced_over_the_backends_with_the_pooled_transport") {
         return;
     }
-    service_calls_reach_both_backends("svcpooled", "");
+    service_calls_reach_both_backends("svcpooled", "", true);
 }
 
 #[test]
@@ -97,7 +126,30 @@ fn service_calls_are_balanced_over_the_backends_with_a_connection_each() {
     if !root_or_skip("service_calls_are_balanced_over_the_backends_with_a_connection_each") {
         return;
     }
-    service_calls_reach_both_backends("svcpercon", "outbound:\n  transport: per_connection\n");
+    service_calls_reach_both_backends(
+        "svcpercon",
+        "outbound:\n  transport: per_connection\n",
+        false,
+    );
+}
+
+#[test]
+fn service_calls_through_a_masquerading_node_are_balanced_too() {
+    if !root_or_skip("service_calls_through_a_masquerading_node_are_balanced_too") {
+        return;
+    }
+    // The backends see the node's address, not the client's: no locate can be confirmed, so
+    // each call takes mTLS of its own through the Service address.
+    let c = cluster("svcmasq", "");
+    c.mesh.lab.masquerade_services().unwrap();
+    let svc = SocketAddr::from((VIP, 80));
+
+    let (a, b) = shares(&c.mesh.get_each_new(&c.client, svc, 40, &["/svc"]).unwrap());
+
+    assert!(
+        a >= 8 && b >= 8,
+        "balancing lost: backend-a {a}, backend-b {b}"
+    );
 }
 
 #[test]
@@ -232,4 +284,59 @@ fn the_inbound_side_never_relays_to_an_address_that_is_not_its_pods() {
             caller.name
         );
     }
+}
+
+/// How many of `replies` each named backend answered; fails on a reply from none of them.
+fn shares_of(replies: &[Reply], names: &[&str]) -> Vec<usize> {
+    let mut counts = vec![0; names.len()];
+    for r in replies {
+        assert_eq!(r.status, 200, "{}", r.body);
+        let i = names
+            .iter()
+            .position(|n| r.body.contains(&format!("hello from {n}\n")))
+            .unwrap_or_else(|| panic!("answered by none of {names:?}: {}", r.body));
+        counts[i] += 1;
+    }
+    counts
+}
+
+#[test]
+fn a_backend_added_to_the_service_gets_calls_within_seconds() {
+    if !root_or_skip("a_backend_added_to_the_service_gets_calls_within_seconds") {
+        return;
+    }
+    let mut c = cluster("svcadded", "");
+    let svc = SocketAddr::from((VIP, 80));
+    let names = ["backend-a", "backend-b", "backend-c"];
+    // Traffic flows before: the client knows the Service and its two backends.
+    let before = shares_of(
+        &c.mesh
+            .get_each_new(&c.client, svc, 20, &["/before"])
+            .unwrap(),
+        &names,
+    );
+    assert_eq!(before[2], 0);
+
+    let added = c.mesh.lab.add_pod("backend-c", 23).unwrap();
+    let dir = c.mesh.issue(&added, ECHO).unwrap();
+    c.mesh.init(&added, &[]).unwrap();
+    c.mesh.start_proxy(&added, &dir, "").unwrap();
+    c.mesh.start_app(&added, 8080).unwrap();
+    c.backends.push(added);
+    let targets: Vec<_> = c.backends.iter().map(|b| (b.ip, 8080)).collect();
+    c.mesh.lab.set_service(VIP, 80, &targets).unwrap();
+    let started = std::time::Instant::now();
+    let after = shares_of(
+        &c.mesh
+            .get_each_new(&c.client, svc, 45, &["/after"])
+            .unwrap(),
+        &names,
+    );
+
+    assert!(started.elapsed() < std::time::Duration::from_secs(10));
+    // Binomial(45, 1/3): below 5 on any backend has a probability of about 1e-4.
+    assert!(
+        after.iter().all(|&n| n >= 5),
+        "all three backends get calls at once: {after:?}"
+    );
 }

@@ -445,8 +445,8 @@ pub fn contains(haystack: &[u8], needle: &[u8]) -> bool {
 }
 
 /// The bridge namespace as a Kubernetes node: it routes, and translates Service addresses the
-/// way kube-proxy's iptables mode does (DNAT to one backend per connection, chosen at random,
-/// and masquerade so that replies come back through the node).
+/// way kube-proxy's iptables mode does (DNAT to one backend per connection, chosen at random;
+/// replies translated back by conntrack, with br_netfilter, as on a bridge CNI).
 pub const NODE_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 254);
 
 impl Lab {
@@ -474,28 +474,48 @@ impl Lab {
                 "-qw",
                 "net.ipv4.ip_forward=1",
             ]))?;
+            // Replies from a backend to a client on the same bridge are bridged, not routed:
+            // like kube-proxy on a bridge CNI, the node needs br_netfilter for conntrack to
+            // translate them back to the Service address. Sources stay the pods' own, as
+            // pod-to-Service calls in a cluster do.
             run(Command::new("ip").args([
                 "netns",
                 "exec",
                 br,
-                "iptables",
-                "-t",
-                "nat",
-                "-A",
-                "POSTROUTING",
-                "-m",
-                "conntrack",
-                "--ctstate",
-                "DNAT",
-                "-m",
-                "comment",
-                "--comment",
-                "kube-proxy-like masquerade",
-                "-j",
-                "MASQUERADE",
+                "sysctl",
+                "-qw",
+                "net.bridge.bridge-nf-call-iptables=1",
             ]))?;
         }
         Ok(())
+    }
+
+    /// Makes the node masquerade translated connections as well (kube-proxy's
+    /// `masqueradeAll`, or a CNI that source-NATs Service traffic): backends then see the node's
+    /// address as the caller's.
+    pub fn masquerade_services(&self) -> anyhow::Result<()> {
+        self.make_node()?;
+        run(Command::new("ip").args([
+            "netns",
+            "exec",
+            &self.bridge_ns,
+            "iptables",
+            "-t",
+            "nat",
+            "-A",
+            "POSTROUTING",
+            "-m",
+            "conntrack",
+            "--ctstate",
+            "DNAT",
+            "-m",
+            "comment",
+            "--comment",
+            "kube-proxy-like masquerade",
+            "-j",
+            "MASQUERADE",
+        ]))
+        .map(|_| ())
     }
 
     /// A command that runs on the node (the bridge namespace, at [`NODE_IP`]).

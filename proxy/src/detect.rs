@@ -1,7 +1,7 @@
 //! Tells, from a caller's first bytes, whether it speaks meshlet's mTLS, other TLS, or plaintext.
 //! Only the ClientHello's ALPN extension is read; nothing is decrypted here.
 
-use crate::locate::LOCATE_REQUEST;
+use crate::locate::{self, Parse};
 use crate::tls::{ALPN_MESH, ALPN_MUX};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -13,7 +13,7 @@ pub enum Protocol {
     /// Not TLS at all.
     Plain,
     /// A peer proxy asking which pod address this connection reached (see `locate`).
-    Locate,
+    Locate(locate::Request),
     /// Need more bytes to tell.
     Incomplete,
 }
@@ -25,11 +25,10 @@ pub fn classify(buf: &[u8]) -> Protocol {
     if buf.is_empty() {
         return Protocol::Incomplete;
     }
-    if buf.starts_with(LOCATE_REQUEST) {
-        return Protocol::Locate;
-    }
-    if LOCATE_REQUEST.starts_with(buf) {
-        return Protocol::Incomplete;
+    match locate::parse_request(buf) {
+        Parse::Request(req) => return Protocol::Locate(req),
+        Parse::Incomplete => return Protocol::Incomplete,
+        Parse::No => {}
     }
     if buf[0] != 0x16 {
         return Protocol::Plain;
@@ -173,8 +172,11 @@ mod tests {
 
     #[test]
     fn a_locate_request_is_recognised_whole_and_waited_for_when_partial() {
-        assert_eq!(classify(LOCATE_REQUEST), Protocol::Locate);
-        assert_eq!(classify(&LOCATE_REQUEST[..3]), Protocol::Incomplete);
+        assert_eq!(
+            classify(locate::LOCATE_V1),
+            Protocol::Locate(locate::Request::V1)
+        );
+        assert_eq!(classify(&locate::LOCATE_V1[..3]), Protocol::Incomplete);
         assert_eq!(classify(b"\0other"), Protocol::Plain);
     }
 

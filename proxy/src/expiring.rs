@@ -66,6 +66,17 @@ impl<K: Eq + Hash + Copy, V: Copy> ExpiringMap<K, V> {
         fresh
     }
 
+    /// The value remembered for `key`, if its time has not run out; forgotten either way.
+    pub fn take(&self, key: K) -> Option<V> {
+        if self.is_empty() {
+            return None;
+        }
+        let mut entries = self.entries.lock().ok()?;
+        let taken = entries.remove(&key);
+        self.len.store(entries.len(), Ordering::Release);
+        taken.and_then(|(until, value)| (until > Instant::now()).then_some(value))
+    }
+
     /// Forgets `key`.
     pub fn remove(&self, key: K) {
         if let Ok(mut entries) = self.entries.lock() {

@@ -52,6 +52,8 @@ pub struct Inbound {
     pub store: Arc<IdentityStore>,
     pub metrics: Arc<Metrics>,
     pub lifecycle: Arc<Lifecycle>,
+    /// Tokens of the locates this proxy answered, for the pooled streams that follow them.
+    pub located: locate::Located,
 }
 
 pub async fn handle(
@@ -94,9 +96,12 @@ async fn serve(
         .await
         .map_err(|e| Refusal::new("no_data", format!("caller sent nothing usable: {e}")).at(dst))?;
     match protocol {
-        Protocol::Locate => {
+        Protocol::Locate(request) => {
             // Not app traffic: nothing reaches the app, so neither mode nor policy applies.
             debug!(%peer, %dst, "locate: telling a peer proxy which address it reached");
+            if let locate::Request::V2 { token } = request {
+                inbound.located.remember(token, peer.ip(), dst);
+            }
             let _ = conn.write_all(locate::answer(dst).as_bytes()).await;
             Ok(())
         }

@@ -138,6 +138,7 @@ pub async fn start(
         store: store.clone(),
         metrics: metrics.clone(),
         lifecycle: lifecycle.clone(),
+        located: locate::Located::default(),
     });
     let outbound = Arc::new(outbound::Outbound {
         port: config.outbound.port,

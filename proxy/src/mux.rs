@@ -22,7 +22,8 @@ use tracing::debug;
 use crate::inbound::Inbound;
 use crate::metrics::{DirLabels, INBOUND};
 use crate::mux_wire::{
-    CONNECTION_WINDOW, MAX_FRAME, REACHED_HEADER, RETRY_HEADER, SEND_BUF, STREAM_WINDOW,
+    CONNECTION_WINDOW, LOCATED_HEADER, MAX_FRAME, NOT_LOCATED_HEADER, REACHED_HEADER, RETRY_HEADER,
+    SEND_BUF, STREAM_WINDOW,
 };
 use crate::on_this_pod::{self, NotOnThisPod};
 use crate::orig_dst::OriginalDst;
@@ -181,6 +182,41 @@ async fn stream(ctx: &ConnCtx, mut req: Request<Incoming>) -> Response<Empty<Byt
             );
         }
         OriginalDst::Fixed(addr) => addr,
+        OriginalDst::Kernel if req.headers().contains_key(LOCATED_HEADER) => {
+            // A located stream goes only where this proxy's own locate answer said, to this
+            // caller: a token from elsewhere (a lying answer, a relayed request) is refused.
+            let token = req
+                .headers()
+                .get(LOCATED_HEADER)
+                .and_then(|v| v.to_str().ok())
+                .filter(|v| v.len() == 32)
+                .and_then(|v| u128::from_str_radix(v, 16).ok());
+            let confirmed = token.is_some_and(|t| inbound.located.claim(t, ctx.peer.ip(), named));
+            if !confirmed {
+                let mut resp = refuse(
+                    ctx,
+                    Refusal::new(
+                        "not_located",
+                        "stream names a locate this proxy did not answer for this caller and address",
+                    )
+                    .at(named),
+                    StatusCode::FORBIDDEN,
+                );
+                resp.headers_mut()
+                    .insert(NOT_LOCATED_HEADER, ::http::HeaderValue::from_static("1"));
+                return resp;
+            }
+            match on_this_pod::check(&inbound.local, &inbound.proxy_ports, named) {
+                Ok(dst) => dst,
+                Err(e) => {
+                    return refuse(
+                        ctx,
+                        Refusal::new(e.reason(), e.to_string()).at(named),
+                        StatusCode::FORBIDDEN,
+                    )
+                }
+            }
+        }
         OriginalDst::Kernel => {
             match on_this_pod::check(&inbound.local, &inbound.proxy_ports, named) {
                 Ok(dst) => dst,

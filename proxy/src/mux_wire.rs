@@ -11,4 +11,9 @@ pub const SEND_BUF: usize = 4 << 20;
 /// Header a peer sets when it refuses a stream because the pooled connection is stale.
 pub const RETRY_HEADER: &str = "meshlet-retry";
 /// Header of a 421 answer: the pod address and port the pooled connection really reached.
+/// Sent for clients of the first release; a client of this one never acts on it (see `locate`).
 pub const REACHED_HEADER: &str = "meshlet-reached";
+/// Header of a stream to a located pod: the token of the locate that named it (32 hex digits).
+pub const LOCATED_HEADER: &str = "meshlet-located";
+/// Header of a 403 answer to a stream whose locate token this proxy does not hold.
+pub const NOT_LOCATED_HEADER: &str = "meshlet-not-located";

@@ -7,10 +7,14 @@
 //! made, and the peer's it proved), and is not reused once our identity or trust bundle has
 //! changed: the next app connection opens a fresh one and the old one drains as its streams end.
 //!
+//! A pooled connection is filed under the address it was dialed to and nowhere else: whatever a
+//! peer answers, it never carries streams meant for another pod.
+//!
 //! Virtual destinations (Service addresses that the node translates to a backend pod per TCP
-//! connection) are learned when the peer answers a stream with the address it really reached;
-//! from then on each app connection to them is first located (`locate`) so that it reaches the
-//! backend the node's balancing chooses for it, and rides the pooled connection to that pod.
+//! connection) are learned when a connection dialed to one reaches a pod that refuses a stream
+//! naming it (421); from then on each app connection to them is first located (`locate`) so
+//! that it reaches the backend the node's balancing chooses for it, and rides the pooled
+//! connection dialed to that pod, which must confirm the locate's token.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -31,7 +35,8 @@ use crate::expiring::ExpiringMap;
 use crate::locate;
 use crate::metrics::OUTBOUND;
 use crate::mux_wire::{
-    CONNECTION_WINDOW, MAX_FRAME, REACHED_HEADER, RETRY_HEADER, SEND_BUF, STREAM_WINDOW,
+    CONNECTION_WINDOW, LOCATED_HEADER, MAX_FRAME, NOT_LOCATED_HEADER, RETRY_HEADER, SEND_BUF,
+    STREAM_WINDOW,
 };
 
 /// How long a destination found to be virtual is remembered. Service addresses are stable; the
@@ -43,8 +48,6 @@ struct PooledConn {
     /// Tells this connection from a later one in the same slot.
     id: u64,
     sender: SendRequest<Empty<Bytes>>,
-    /// The address dialed: after translation by the node, it may not be where it arrived.
-    dialed: SocketAddr,
     peer: SpiffeId,
     /// When the peer's certificate expires: the connection is not used past that.
     peer_not_after: std::time::SystemTime,
@@ -80,8 +83,8 @@ enum Target {
     AsDialed(SocketAddr),
     /// A virtual destination whose pod for this connection is still to be located.
     ToLocate,
-    /// The pod a virtual destination led to this time.
-    Located(SocketAddr),
+    /// The pod a virtual destination led to this time, and the token it must confirm.
+    Located(locate::Answer),
 }
 
 /// A pooled connection, or the peer's choice of a connection of its own instead.
@@ -138,20 +141,6 @@ impl Pool {
         }
     }
 
-    /// Files a pooled connection under the pod address it really reached, unless that pod
-    /// already has a live one. True when it did: the caller is the first to learn where the
-    /// connection went.
-    async fn adopt(&self, reached: SocketAddr, mut conn: PooledConn) -> bool {
-        let slot = self.slot(reached.ip());
-        let mut guard = slot.lock().await;
-        let live = guard.as_ref().is_some_and(|c| c.usable(conn.generation));
-        if !live {
-            conn.dialed = reached;
-            *guard = Some(conn);
-        }
-        !live
-    }
-
     /// A stream to `dst` over a pooled connection (opening one if needed), or, for a peer that
     /// does not speak the pooled transport or a virtual destination that cannot be located, a
     /// connection of its own. `probe`: see [`crate::tls::TlsConfigs::probe`].
@@ -174,15 +163,16 @@ impl Pool {
             Target::AsDialed(dst)
         };
         // A stale or broken pooled connection is replaced once; a destination found to be
-        // virtual is redirected once.
+        // virtual is located once.
         let (mut retried, mut redirected) = (false, false);
         loop {
-            let addr = match target {
-                Target::AsDialed(a) | Target::Located(a) => a,
+            let (addr, token) = match target {
+                Target::AsDialed(a) => (a, None),
+                Target::Located(answer) => (answer.pod, Some(answer.token)),
                 Target::ToLocate => match self.locate(dst).await {
-                    Some(pod) => {
-                        target = Target::Located(pod);
-                        pod
+                    Some(answer) => {
+                        target = Target::Located(answer);
+                        (answer.pod, Some(answer.token))
                     }
                     None => {
                         return self
@@ -192,19 +182,30 @@ impl Pool {
                     }
                 },
             };
+            // Keyed by the address dialed, never re-filed: a pooled connection only ever
+            // carries streams to the pod that the network routed its own dial to.
             let conn = match self.pooled(addr, handshake_timeout, probe).await? {
                 Dialed::Pooled(conn) => conn,
-                Dialed::Own(upstream, peer) => {
+                Dialed::Own(upstream, peer) if token.is_none() => {
                     check_pins(dst, &peer, pins)?;
                     return Ok((upstream, peer));
+                }
+                // A located pod that declines pooling cannot confirm the locate on a
+                // connection of its own: go through the destination itself.
+                Dialed::Own(..) => {
+                    return self
+                        .dialer
+                        .own_connection(dst, pins, handshake_timeout, probe)
+                        .await
                 }
             };
             check_pins(dst, &conn.peer, pins)?;
             // A peer that vanished without closing (or hangs) would leave the app connection
             // waiting for the keep-alive to notice: a stream is due within the handshake timeout.
-            let opened = tokio::time::timeout(handshake_timeout, stream(conn.sender.clone(), addr))
-                .await
-                .unwrap_or(Err(StreamError::TimedOut));
+            let opened =
+                tokio::time::timeout(handshake_timeout, stream(conn.sender.clone(), addr, token))
+                    .await
+                    .unwrap_or(Err(StreamError::TimedOut));
             let err = match opened {
                 Ok(io) => {
                     self.dialer
@@ -219,23 +220,27 @@ impl Pool {
                 Err(err) => err,
             };
             match err {
-                StreamError::Misdirected(reached)
+                StreamError::Misdirected
                     if !redirected && matches!(target, Target::AsDialed(_)) =>
                 {
+                    // The connection dialed to `dst` reached a pod that `dst` is not an address
+                    // of: the node translated it, so `dst` is virtual. Whatever else the peer
+                    // says is not used; each app connection to `dst` is located from now on.
                     redirected = true;
                     self.remember_virtual(dst);
                     self.forget(addr.ip(), conn.id).await;
-                    // The pooled connection crossed the node's translation to this very port: the
-                    // balancer chose `pod` for it, so the first app connection to learn of it may
-                    // follow it. The others are located one by one, as the balancer would spread
-                    // them.
-                    let follow = match reached {
-                        Some(pod) if conn.dialed == dst && self.adopt(pod, conn).await => Some(pod),
-                        _ => None,
-                    };
-                    target = follow.map_or(Target::ToLocate, Target::Located);
+                    target = Target::ToLocate;
                 }
-                StreamError::Misdirected(_) => {
+                StreamError::Misdirected | StreamError::NotLocated if token.is_some() => {
+                    // The pod named by the locate answer did not confirm it: the answer was
+                    // wrong or a lie. Only the destination itself decides where this goes.
+                    info!(%dst, named = %addr, "the pod a locate answer named did not confirm it; connecting through the destination itself");
+                    return self
+                        .dialer
+                        .own_connection(dst, pins, handshake_timeout, probe)
+                        .await;
+                }
+                StreamError::Misdirected | StreamError::NotLocated => {
                     self.forget(addr.ip(), conn.id).await;
                     return Err(ConnectError::StreamRefused {
                         dst,
@@ -273,9 +278,9 @@ impl Pool {
 
     /// The pod a virtual destination leads to for this connection; `None` (logged) when it
     /// cannot be told, e.g. a backend without meshlet.
-    async fn locate(&self, dst: SocketAddr) -> Option<SocketAddr> {
+    async fn locate(&self, dst: SocketAddr) -> Option<locate::Answer> {
         match locate::locate(dst, self.dialer.connect_timeout).await {
-            Ok(pod) => Some(pod),
+            Ok(answer) => Some(answer),
             Err(e) => {
                 debug!(%dst, error = %e, "cannot locate the pod behind a virtual destination; connecting through it");
                 None
@@ -364,7 +369,6 @@ impl Pool {
         Ok(Dialed::Pooled(PooledConn {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             sender,
-            dialed: dst,
             peer,
             peer_not_after,
             generation,
@@ -374,22 +378,30 @@ impl Pool {
 
 enum StreamError {
     Stale,
-    /// The peer's pod does not have the named address; it says where the connection arrived.
-    Misdirected(Option<SocketAddr>),
+    /// The peer's pod does not have the named address.
+    Misdirected,
+    /// The peer holds no locate token of ours for the named address.
+    NotLocated,
     Refused(String),
     Hyper(hyper::Error),
     TimedOut,
 }
 
-/// Opens one CONNECT stream naming the app connection's original destination.
+/// Opens one CONNECT stream naming the app connection's destination on the peer's pod, with
+/// the token of the locate that found it, if it was located.
 async fn stream(
     mut sender: SendRequest<Empty<Bytes>>,
     dst: SocketAddr,
+    token: Option<u128>,
 ) -> Result<TokioIo<hyper::upgrade::Upgraded>, StreamError> {
     sender.ready().await.map_err(StreamError::Hyper)?;
-    let req = Request::builder()
+    let mut req = Request::builder()
         .method(Method::CONNECT)
-        .uri(dst.to_string())
+        .uri(dst.to_string());
+    if let Some(token) = token {
+        req = req.header(LOCATED_HEADER, format!("{token:032x}"));
+    }
+    let req = req
         .body(Empty::<Bytes>::new())
         .map_err(|e| StreamError::Refused(e.to_string()))?;
     let mut resp = sender.send_request(req).await.map_err(StreamError::Hyper)?;
@@ -398,14 +410,9 @@ async fn stream(
         StatusCode::SERVICE_UNAVAILABLE if resp.headers().contains_key(RETRY_HEADER) => {
             return Err(StreamError::Stale)
         }
-        StatusCode::MISDIRECTED_REQUEST => {
-            let reached = resp
-                .headers()
-                .get(REACHED_HEADER)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.parse::<SocketAddr>().ok())
-                .filter(|r| r.is_ipv4() == dst.is_ipv4() && !r.ip().is_loopback());
-            return Err(StreamError::Misdirected(reached));
+        StatusCode::MISDIRECTED_REQUEST => return Err(StreamError::Misdirected),
+        StatusCode::FORBIDDEN if resp.headers().contains_key(NOT_LOCATED_HEADER) => {
+            return Err(StreamError::NotLocated)
         }
         status => {
             let why = match status {

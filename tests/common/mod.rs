@@ -1,6 +1,8 @@
 //! Shared by the end-to-end tests: root check, meshes of pods, small assertions.
 #![allow(dead_code)]
 
+pub mod liar;
+
 use std::path::Path;
 use std::process::Command;
 
