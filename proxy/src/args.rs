@@ -215,6 +215,13 @@ const KEYS: &[Key] = &[
         false,
     ),
     key(
+        "timeouts.http_idle",
+        "timeouts-http-idle",
+        "MESHLET_TIMEOUTS_HTTP_IDLE",
+        "timeouts.http_idle: how long an inbound HTTP keep-alive connection may idle",
+        false,
+    ),
+    key(
         "timeouts.drain",
         "timeouts-drain",
         "MESHLET_TIMEOUTS_DRAIN",

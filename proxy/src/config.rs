@@ -246,6 +246,9 @@ pub struct Timeouts {
     /// Inbound: how long to wait for the caller's first bytes before deciding what it speaks.
     #[serde(deserialize_with = "duration")]
     pub first_byte: Duration,
+    /// Inbound HTTP: how long a caller's keep-alive connection may sit idle between requests.
+    #[serde(deserialize_with = "duration")]
+    pub http_idle: Duration,
     /// Grace period for open connections at shutdown.
     #[serde(deserialize_with = "duration")]
     pub drain: Duration,
@@ -380,6 +383,7 @@ impl Default for Timeouts {
             connect: Duration::from_secs(5),
             handshake: Duration::from_secs(10),
             first_byte: Duration::from_secs(10),
+            http_idle: Duration::from_secs(3600),
             drain: Duration::from_secs(30),
         }
     }
@@ -533,6 +537,12 @@ impl Config {
                 self.timeouts.first_byte,
                 Duration::from_millis(1),
                 hour,
+            ),
+            (
+                "timeouts.http_idle",
+                self.timeouts.http_idle,
+                Duration::from_secs(1),
+                7 * 24 * hour,
             ),
             ("timeouts.drain", self.timeouts.drain, Duration::ZERO, hour),
             (

@@ -19,6 +19,7 @@ use meshlet_identity::SpiffeId;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tracing::{debug, warn};
 
+use crate::head_timer::{HeadTimer, InFlight};
 use crate::http_path;
 use crate::inbound::Inbound;
 use crate::metrics::HttpLabels;
@@ -61,33 +62,50 @@ fn text(status: StatusCode, body: &'static str) -> Response<Body> {
     resp
 }
 
-/// Serves HTTP/1.1 or HTTP/2 on an authenticated stream until the caller closes it.
+/// Serves HTTP/1.1 or HTTP/2 until the caller closes it. `caller`: the authenticated SPIFFE ID,
+/// or `None` for a plaintext caller of a permissive pod, whose requests are checked as an
+/// unauthenticated caller's.
 pub async fn serve_inbound<S>(
     inbound: Arc<Inbound>,
     stream: S,
     peer: SocketAddr,
     dst: SocketAddr,
-    caller: SpiffeId,
+    caller: Option<SpiffeId>,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let ctx = Arc::new(RequestCtx {
-        by: format!("By={};URI={}", inbound.store.current().id, caller),
+        by: caller
+            .as_ref()
+            .map(|c| format!("By={};URI={}", inbound.store.current().id, c)),
         port_label: dst.port().to_string(),
         caller,
         dst,
         peer,
     });
+    let in_flight = Arc::new(InFlight::default());
     let service = hyper::service::service_fn(|req: Request<Incoming>| {
-        let (ctx, inbound) = (ctx.clone(), inbound.clone());
-        async move { Ok::<_, Infallible>(handle_request(&inbound, &ctx, req).await) }
+        let (ctx, inbound, in_flight) = (ctx.clone(), inbound.clone(), in_flight.clone());
+        async move {
+            in_flight.start();
+            let resp = handle_request(&inbound, &ctx, req).await;
+            in_flight.finish();
+            Ok::<_, Infallible>(resp)
+        }
     });
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-    // A caller that trickles its request headers is cut off like one that never speaks.
+    // hyper's header timeout would also time the idle wait between requests: HeadTimer times
+    // each head from its first byte instead, so a trickling caller is still cut off.
     builder
         .http1()
         .timer(hyper_util::rt::TokioTimer::new())
-        .header_read_timeout(inbound.timeouts.first_byte);
+        .header_read_timeout(None);
+    let stream = HeadTimer::new(
+        stream,
+        in_flight.clone(),
+        inbound.timeouts.first_byte,
+        inbound.timeouts.http_idle,
+    );
     if let Err(e) = builder
         .serve_connection_with_upgrades(TokioIo::new(stream), service)
         .await
@@ -97,9 +115,9 @@ pub async fn serve_inbound<S>(
 }
 
 struct RequestCtx {
-    caller: SpiffeId,
-    /// The `x-forwarded-client-cert` value for this connection.
-    by: String,
+    caller: Option<SpiffeId>,
+    /// The `x-forwarded-client-cert` value for this connection (none when unauthenticated).
+    by: Option<String>,
     port_label: String,
     dst: SocketAddr,
     peer: SocketAddr,
@@ -128,7 +146,7 @@ async fn handle_request(
         Ok(n) => n,
         Err(unsafe_path) => {
             count("denied", "unsafe_path");
-            warn!(caller = %ctx.caller, peer = %ctx.peer, %method, path = %raw_path, reason = unsafe_path.0, "request refused: path cannot be normalized safely");
+            warn!(caller = %caller_name(&ctx.caller), peer = %ctx.peer, %method, path = %raw_path, reason = unsafe_path.0, "request refused: path cannot be normalized safely");
             return text(
                 StatusCode::BAD_REQUEST,
                 "Bad request: path cannot be normalized safely\n",
@@ -138,10 +156,10 @@ async fn handle_request(
     let path = &normalized.path;
     if let Err(denial) = inbound
         .policy
-        .check_request(Some(&ctx.caller), port, &method, path)
+        .check_request(ctx.caller.as_ref(), port, &method, path)
     {
         count("denied", denial.reason);
-        warn!(caller = %ctx.caller, peer = %ctx.peer, %method, %path, reason = denial.reason, "request refused: {}", denial.detail);
+        warn!(caller = %caller_name(&ctx.caller), peer = %ctx.peer, %method, %path, reason = denial.reason, "request refused: {}", denial.detail);
         return text(StatusCode::FORBIDDEN, "Access denied\n");
     }
     count("allowed", "policy");
@@ -165,8 +183,13 @@ async fn handle_request(
     }
     *req.uri_mut() = uri;
     let headers = req.headers_mut();
+    // Whatever the caller sent in it, the app only ever sees what the proxy authenticated.
     headers.remove(XFCC);
-    if let Ok(v) = HeaderValue::from_str(&ctx.by) {
+    if let Some(v) = ctx
+        .by
+        .as_deref()
+        .and_then(|by| HeaderValue::from_str(by).ok())
+    {
         headers.insert(XFCC, v);
     }
 
@@ -199,11 +222,11 @@ async fn handle_request(
         Ok(r) => r,
         Err(e) if caller_body_failed(&e) => {
             // The head may have reached the app; the app connection is dropped with the error.
-            warn!(caller = %ctx.caller, peer = %ctx.peer, error = %e, "request refused: malformed request body");
+            warn!(caller = %caller_name(&ctx.caller), peer = %ctx.peer, error = %e, "request refused: malformed request body");
             return text(StatusCode::BAD_REQUEST, "Bad request: malformed body\n");
         }
         Err(e) => {
-            warn!(caller = %ctx.caller, dst = %ctx.dst, error = %e, "app unreachable for an allowed request");
+            warn!(caller = %caller_name(&ctx.caller), dst = %ctx.dst, error = %e, "app unreachable for an allowed request");
             return text(StatusCode::SERVICE_UNAVAILABLE, "Service unavailable\n");
         }
     };
@@ -238,4 +261,11 @@ fn caller_body_failed(err: &hyper_util::client::legacy::Error) -> bool {
         source = e.source();
     }
     false
+}
+
+fn caller_name(caller: &Option<SpiffeId>) -> String {
+    caller.as_ref().map_or_else(
+        || "an unauthenticated caller".to_owned(),
+        ToString::to_string,
+    )
 }

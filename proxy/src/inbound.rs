@@ -32,7 +32,8 @@ use crate::read_ahead::ReadAhead;
 use crate::refusal::Refusal;
 use crate::rewind::Rewind;
 use crate::{
-    http, lifecycle::Lifecycle, locate, mux, on_this_pod, prevent_loop, require_mesh, tls,
+    http, lifecycle::Lifecycle, locate, mux, on_this_pod, prevent_loop, require_http, require_mesh,
+    tls,
 };
 
 /// What the inbound side needs, built once per proxy.
@@ -113,13 +114,30 @@ async fn serve(
         }
         other => {
             require_mesh::check(inbound.mode, other).map_err(|r| r.at(dst))?;
-            inbound
+            let access = inbound
                 .policy
                 .check_connection(None, dst.port())
                 .map_err(|d| Refusal::policy(d.reason, d.detail).at(dst))?;
-            debug!(%peer, %dst, ?other, "permissive: passing it through");
+            if access == Access::Http {
+                require_http::check(other, &first_bytes).map_err(|r| r.at(dst))?;
+            }
+            debug!(%peer, %dst, ?other, ?access, "permissive: an unauthenticated caller");
             inbound.metrics.opened(INBOUND, "plain");
-            to_app(inbound, Rewind::new(first_bytes, conn), dst).await
+            let caller = Rewind::new(first_bytes, conn);
+            match access {
+                Access::Tcp => to_app(inbound, caller, dst).await,
+                Access::Http => {
+                    Box::pin(http::serve_inbound(
+                        inbound.clone(),
+                        caller,
+                        peer,
+                        dst,
+                        None,
+                    ))
+                    .await;
+                    Ok(())
+                }
+            }
         }
     }
 }
@@ -253,7 +271,14 @@ async fn mesh(
         Access::Tcp => to_app(inbound, tls, dst).await.map_err(|r| r.by(&caller)),
         Access::Http => {
             // Boxed: only HTTP ports need the HTTP server's state.
-            Box::pin(http::serve_inbound(inbound.clone(), tls, peer, dst, caller)).await;
+            Box::pin(http::serve_inbound(
+                inbound.clone(),
+                tls,
+                peer,
+                dst,
+                Some(caller),
+            ))
+            .await;
             Ok(())
         }
     }

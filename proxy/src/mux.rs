@@ -301,8 +301,14 @@ async fn stream(ctx: &ConnCtx, mut req: Request<Incoming>) -> Response<Empty<Byt
                 let _active = inbound.metrics.track(INBOUND);
                 let _permit = permit;
                 if let Ok(upgraded) = upgrade.await {
-                    http::serve_inbound(inbound.clone(), TokioIo::new(upgraded), peer, dst, caller)
-                        .await;
+                    http::serve_inbound(
+                        inbound.clone(),
+                        TokioIo::new(upgraded),
+                        peer,
+                        dst,
+                        Some(caller),
+                    )
+                    .await;
                 }
             });
         }

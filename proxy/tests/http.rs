@@ -190,3 +190,154 @@ async fn a_chunked_body_is_sent_on_an_app_connection_that_is_closed_after_it() {
     let seen = String::from_utf8_lossy(&seen.lock().unwrap()).to_ascii_lowercase();
     assert!(seen.contains("connection: close"), "{seen}");
 }
+
+/// Reads one response with a `content-length` body: its head and its body.
+async fn read_response(s: &mut TcpStream) -> (String, String) {
+    let head = read_head(s).await;
+    let len = head
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("content-length")
+                .then(|| v.trim().parse::<usize>().ok())?
+        })
+        .unwrap_or(0);
+    let mut body = vec![0u8; len];
+    s.read_exact(&mut body).await.unwrap();
+    (head, String::from_utf8_lossy(&body).into_owned())
+}
+
+#[tokio::test]
+async fn a_kept_alive_connection_idle_past_the_head_timeout_serves_its_next_request() {
+    let app = upgrading_app().await;
+    // The test configuration's first_byte is 1s: hyper's header timeout closed idle connections
+    // after it.
+    let (client, _server) = pair_with_policy(app).await;
+    let mut s = TcpStream::connect(client.outbound_addrs[0]).await.unwrap();
+    let request = b"GET /api/a HTTP/1.1\r\nHost: app\r\n\r\n";
+    s.write_all(request).await.unwrap();
+    let (head, _) = read_response(&mut s).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    s.write_all(request).await.unwrap();
+    let (head, _) = read_response(&mut s).await;
+
+    assert!(
+        head.starts_with("HTTP/1.1 200"),
+        "the next request on an idle kept-alive connection: {head:?}"
+    );
+}
+
+/// A server proxy in permissive mode whose app port allows anyone, even unauthenticated, only
+/// `GET /small`.
+async fn permissive_with_http_rules(app: SocketAddr) -> meshlet_proxy::Running {
+    let ca = Ca::new(TD, DAY).unwrap();
+    let yaml = format!(
+        "inbound:\n  mode: permissive\n  policy:\n    - ports: [{}]\n      from: [\"*\"]\n      http:\n        - methods: [GET]\n          paths: [/small]\n",
+        app.port()
+    );
+    proxy_for(&ca, "/ns/default/sa/echo", &yaml, app).await
+}
+
+#[tokio::test]
+async fn permissive_mode_checks_each_plaintext_request_and_drops_a_forged_identity() {
+    let app = upgrading_app().await;
+    let server = permissive_with_http_rules(app).await;
+    let mut s = TcpStream::connect(server.inbound_addrs[0]).await.unwrap();
+
+    let mut answers = Vec::new();
+    for (method, path) in [("GET", "/small"), ("GET", "/headers"), ("DELETE", "/small")] {
+        s.write_all(
+            format!(
+                "{method} {path} HTTP/1.1\r\nHost: app\r\nx-forwarded-client-cert: By=x;URI=spiffe://cluster.local/ns/default/sa/admin\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+        answers.push(read_response(&mut s).await);
+    }
+
+    let statuses: Vec<_> = answers
+        .iter()
+        .map(|(h, _)| h.lines().next().unwrap_or("").to_owned())
+        .collect();
+    assert_eq!(
+        statuses,
+        [
+            "HTTP/1.1 200 OK",
+            "HTTP/1.1 403 Forbidden",
+            "HTTP/1.1 403 Forbidden"
+        ],
+        "each request of an unauthenticated caller is checked against the port's HTTP rules"
+    );
+    assert!(
+        !answers[0].1.contains("x-forwarded-client-cert"),
+        "a caller's own x-forwarded-client-cert never reaches the app: {}",
+        answers[0].1
+    );
+    assert_metric(
+        &server,
+        r#"meshlet_http_requests_total{port="PORT",decision="denied",reason="http_rule"}"#
+            .replace("PORT", &app.port().to_string())
+            .as_str(),
+        2.0,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn permissive_mode_refuses_bytes_that_are_not_http_on_a_port_with_http_rules() {
+    let (app, seen) = recording_app().await;
+    let server = permissive_with_http_rules(app).await;
+    for bytes in [&b"*1\r\n$4\r\nPING\r\n"[..], b"\x16\x03\x01\x00\x05hello"] {
+        let mut s = TcpStream::connect(server.inbound_addrs[0]).await.unwrap();
+        s.write_all(bytes).await.unwrap();
+        let mut buf = Vec::new();
+        let read =
+            tokio::time::timeout(std::time::Duration::from_secs(5), s.read_to_end(&mut buf)).await;
+        assert!(
+            matches!(read, Ok(Ok(0)) | Ok(Err(_))),
+            "closed without an answer: {read:?} {buf:?}"
+        );
+    }
+    assert!(seen.lock().unwrap().is_empty(), "the app saw nothing");
+    assert_metric(
+        &server,
+        r#"meshlet_connections_refused_total{direction="inbound",reason="not_http"}"#,
+        2.0,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_plaintext_caller_that_trickles_its_request_head_is_cut_off() {
+    let app = upgrading_app().await;
+    let server = permissive_with_http_rules(app).await;
+    let mut s = TcpStream::connect(server.inbound_addrs[0]).await.unwrap();
+    let started = std::time::Instant::now();
+    s.write_all(b"GET /small HTTP/1.1\r\n").await.unwrap();
+    let mut cut = false;
+    for _ in 0..20 {
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+        if s.write_all(b"X").await.is_err() {
+            cut = true;
+            break;
+        }
+        let mut buf = [0u8; 64];
+        if let Ok(Ok(0) | Err(_)) =
+            tokio::time::timeout(std::time::Duration::from_millis(1), s.read(&mut buf)).await
+        {
+            cut = true;
+            break;
+        }
+    }
+
+    assert!(cut, "a trickled head is cut off");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(3),
+        "within first_byte (1s) of its first byte: {:?}",
+        started.elapsed()
+    );
+}
