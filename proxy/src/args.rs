@@ -215,6 +215,13 @@ const KEYS: &[Key] = &[
         false,
     ),
     key(
+        "timeouts.server_first",
+        "timeouts-server-first",
+        "MESHLET_TIMEOUTS_SERVER_FIRST",
+        "timeouts.server_first: permissive mode's wait before a silent caller is plaintext",
+        false,
+    ),
+    key(
         "timeouts.http_idle",
         "timeouts-http-idle",
         "MESHLET_TIMEOUTS_HTTP_IDLE",

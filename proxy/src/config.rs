@@ -246,6 +246,10 @@ pub struct Timeouts {
     /// Inbound: how long to wait for the caller's first bytes before deciding what it speaks.
     #[serde(deserialize_with = "duration")]
     pub first_byte: Duration,
+    /// Inbound, permissive mode: a caller silent this long after connecting is a plaintext
+    /// client of a server-speaks-first app (a meshlet proxy sends its ClientHello at once).
+    #[serde(deserialize_with = "duration")]
+    pub server_first: Duration,
     /// Inbound HTTP: how long a caller's keep-alive connection may sit idle between requests.
     #[serde(deserialize_with = "duration")]
     pub http_idle: Duration,
@@ -383,6 +387,7 @@ impl Default for Timeouts {
             connect: Duration::from_secs(5),
             handshake: Duration::from_secs(10),
             first_byte: Duration::from_secs(10),
+            server_first: Duration::from_millis(300),
             http_idle: Duration::from_secs(3600),
             drain: Duration::from_secs(30),
         }
@@ -536,6 +541,12 @@ impl Config {
                 "timeouts.first_byte",
                 self.timeouts.first_byte,
                 Duration::from_millis(1),
+                hour,
+            ),
+            (
+                "timeouts.server_first",
+                self.timeouts.server_first,
+                Duration::from_millis(50),
                 hour,
             ),
             (

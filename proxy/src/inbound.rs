@@ -144,10 +144,22 @@ async fn serve(
 
 /// Reads the caller's first bytes until the protocol is known. `Incomplete` means the caller
 /// said nothing before the timeout (a server-speaks-first protocol, or an idle client).
+///
+/// In permissive mode a caller that stays silent for `timeouts.server_first` is not a meshlet
+/// proxy, which sends its ClientHello as soon as it is connected: it is a plaintext client of an
+/// app that speaks first (MySQL, SMTP, FTP), and waiting longer would only delay the app's
+/// greeting. Strict mode refuses it after `timeouts.first_byte`, as before.
 async fn sniff(conn: &mut TcpStream, inbound: &Inbound) -> std::io::Result<(Protocol, Vec<u8>)> {
-    let deadline = tokio::time::Instant::now() + inbound.timeouts.first_byte;
+    let start = tokio::time::Instant::now();
+    let deadline = start + inbound.timeouts.first_byte;
+    let silence = match inbound.mode {
+        InboundMode::Permissive => start + inbound.timeouts.server_first,
+        InboundMode::Strict => deadline,
+    }
+    .min(deadline);
     let mut buf = Vec::with_capacity(2048);
     loop {
+        let deadline = if buf.is_empty() { silence } else { deadline };
         if buf.len() == buf.capacity() {
             if buf.len() >= detect::MAX_HELLO {
                 return Ok((Protocol::ForeignTls, buf));
