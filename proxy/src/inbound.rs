@@ -157,9 +157,16 @@ async fn sniff(conn: &mut TcpStream, inbound: &Inbound) -> std::io::Result<(Prot
         InboundMode::Strict => deadline,
     }
     .min(deadline);
+    // A meshlet proxy writes a locate request whole, at once: a prefix of one that goes no
+    // further is waited for no longer than silence is.
+    let locate_prefix = |buf: &[u8]| locate::parse_request(buf) == locate::Parse::Incomplete;
     let mut buf = Vec::with_capacity(2048);
     loop {
-        let deadline = if buf.is_empty() { silence } else { deadline };
+        let deadline = if buf.is_empty() || locate_prefix(&buf) {
+            silence
+        } else {
+            deadline
+        };
         if buf.len() == buf.capacity() {
             if buf.len() >= detect::MAX_HELLO {
                 return Ok((Protocol::ForeignTls, buf));
@@ -170,13 +177,14 @@ async fn sniff(conn: &mut TcpStream, inbound: &Inbound) -> std::io::Result<(Prot
             Err(_) => {
                 let p = if buf.is_empty() {
                     Protocol::Incomplete
+                } else if locate_prefix(&buf) {
+                    // Not a locate request after all, and not TLS: plaintext.
+                    Protocol::Plain
                 } else {
-                    detect::classify(&buf)
-                };
-                let p = if p == Protocol::Incomplete && !buf.is_empty() {
-                    Protocol::ForeignTls
-                } else {
-                    p
+                    match detect::classify(&buf) {
+                        Protocol::Incomplete => Protocol::ForeignTls,
+                        p => p,
+                    }
                 };
                 return Ok((p, buf));
             }

@@ -176,3 +176,32 @@ async fn meshlet_clients_of_a_server_first_port_are_never_taken_for_plaintext_un
     assert_eq!(misjudged, 0.0, "{text}");
     assert_eq!(mtls, total as f64);
 }
+
+#[tokio::test]
+async fn a_client_whose_first_write_is_a_lone_nul_reaches_the_app_at_once() {
+    let ca = Ca::new(TD, DAY).unwrap();
+    let app = greeter().await;
+    let server = permissive_server(&ca, app).await;
+    let started = Instant::now();
+    let mut s = TcpStream::connect(server.inbound_addrs[0]).await.unwrap();
+    // A prefix of meshlet's locate request, and nothing more for now.
+    s.write_all(b"\0").await.unwrap();
+
+    let mut got = vec![0u8; GREETING.len() + 1];
+    tokio::time::timeout(Duration::from_secs(15), s.read_exact(&mut got))
+        .await
+        .unwrap()
+        .unwrap();
+
+    assert_eq!(&got[..GREETING.len()], GREETING);
+    assert_eq!(
+        got[GREETING.len()],
+        0,
+        "the NUL reached the app (and came back)"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "not after first_byte (10 s): {:?}",
+        started.elapsed()
+    );
+}
