@@ -1,10 +1,10 @@
 //! The admin server: `/live`, `/ready`, `/metrics`, `POST /shutdown` (loopback callers only),
 //! and `/app-health/<container>/<kind>`: the app's kubelet probes, run by the proxy (`app_probe`).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::convert::Infallible;
-use std::net::SocketAddr;
-use std::sync::Arc;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use bytes::Bytes;
@@ -35,11 +35,59 @@ pub struct Admin {
 /// descriptors the data plane needs.
 pub const MAX_CONNECTIONS: usize = 256;
 
+/// Admin connections one address may hold at once. The port is reachable from every pod (the
+/// kubelet must reach it), so without this one pod holding the slots would fail every probe of
+/// this pod — and the kubelet would restart its app. A kubelet probes over one connection at a
+/// time per probe; a scraper over one.
+pub const MAX_PER_PEER: usize = 8;
+
+/// How many admin connections each address holds.
+#[derive(Default)]
+struct PerPeer(Mutex<HashMap<IpAddr, usize>>);
+
+/// A connection's place in [`PerPeer`], given back when it ends.
+struct PeerSlot {
+    peers: Arc<PerPeer>,
+    ip: IpAddr,
+}
+
+impl PerPeer {
+    fn take(self: &Arc<Self>, ip: IpAddr) -> Option<PeerSlot> {
+        let mut held = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let n = held.entry(ip).or_default();
+        if *n >= MAX_PER_PEER {
+            return None;
+        }
+        *n += 1;
+        Some(PeerSlot {
+            peers: self.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for PeerSlot {
+    fn drop(&mut self) {
+        let mut held = self.peers.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = held.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                held.remove(&self.ip);
+            }
+        }
+    }
+}
+
 pub async fn serve(listener: TcpListener, admin: Arc<Admin>) {
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let peers = Arc::new(PerPeer::default());
     loop {
         let Ok((conn, peer)) = listener.accept().await else {
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            continue;
+        };
+        let Some(peer_slot) = peers.take(peer.ip()) else {
+            debug!(%peer, "admin connection refused: this address already holds {MAX_PER_PEER}");
             continue;
         };
         let Ok(slot) = slots.clone().try_acquire_owned() else {
@@ -48,7 +96,7 @@ pub async fn serve(listener: TcpListener, admin: Arc<Admin>) {
         };
         let admin = admin.clone();
         tokio::spawn(async move {
-            let _slot = slot;
+            let _slots = (slot, peer_slot);
             let service = hyper::service::service_fn(|req| {
                 let admin = admin.clone();
                 async move { Ok::<_, Infallible>(route(&admin, peer, req).await) }
