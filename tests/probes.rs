@@ -80,6 +80,31 @@ fn the_kubelet_probes_the_app_through_the_admin_port_and_strict_mode_stays_stric
 }
 
 #[test]
+fn another_pod_flooding_the_admin_port_cannot_fail_the_kubelets_probes() {
+    if !root_or_skip("another_pod_flooding_the_admin_port_cannot_fail_the_kubelets_probes") {
+        return;
+    }
+    let mut mesh = Mesh::new("adminflood", exe()).unwrap();
+    let pod = mesh.lab.add_pod("app", 1).unwrap();
+    let evil = mesh.lab.add_pod("evil", 5).unwrap();
+    let id = mesh.issue(&pod, "/ns/default/sa/app").unwrap();
+    mesh.init(&pod, &[]).unwrap();
+    mesh.start_proxy(&pod, &id, PROBES).unwrap();
+    mesh.start_app(&pod, APP_PORT).unwrap();
+    let admin = std::net::SocketAddr::from((pod.ip, 15021));
+
+    let _flood = flood::start(&evil, admin, 300);
+    let passed = (0..20)
+        .filter(|_| {
+            kubelet_get(&mesh.lab, pod.ip, 15021, "/app-health/app/liveness") == 200
+                && kubelet_get(&mesh.lab, pod.ip, 15021, "/ready") == 200
+        })
+        .count();
+
+    assert_eq!(passed, 20, "the kubelet's probes during the flood");
+}
+
+#[test]
 fn meshlet_check_passes_in_a_meshed_pod_and_names_what_is_missing_otherwise() {
     if !root_or_skip("check") {
         return;

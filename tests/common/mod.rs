@@ -1,6 +1,7 @@
 //! Shared by the end-to-end tests: root check, meshes of pods, small assertions.
 #![allow(dead_code)]
 
+pub mod flood;
 pub mod liar;
 
 use std::path::Path;
