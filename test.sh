@@ -5,7 +5,9 @@
 # they skip with a message (MESHLET_REQUIRE_ROOT_TESTS=1 turns a skip into a failure).
 # Kubernetes manifests (shipped and generated) are validated with kubernetes-validate from PyPI,
 # installed once into target/kubernetes-validate when it is not on the PATH
-# (MESHLET_REQUIRE_MANIFEST_TESTS=1 makes its absence a failure).
+# (MESHLET_REQUIRE_MANIFEST_TESTS=1 makes its absence a failure). The compatibility suite
+# (tests/compat.rs) needs real servers and clients from Debian's packages (MESHLET_REQUIRE_COMPAT_TESTS=1
+# makes their absence a failure).
 set -euo pipefail
 cd "$(dirname "$0")"
 if [ -z "${MESHLET_KUBERNETES_VALIDATE:-}" ]; then
@@ -24,6 +26,18 @@ if [ -z "${MESHLET_KUBERNETES_VALIDATE:-}" ]; then
     fi
   fi
   export MESHLET_KUBERNETES_VALIDATE="${MESHLET_KUBERNETES_VALIDATE:-}"
+fi
+# The compatibility suite's gRPC peers (grpcio from PyPI), likewise in target/compat-venv; its
+# other servers and clients are Debian packages (.ci/run installs them; see the README).
+if [ -z "${MESHLET_COMPAT_PYTHON:-}" ]; then
+  venv=target/compat-venv
+  if ! "$venv/bin/python" -c 'import grpc, grpc_health.v1' >/dev/null 2>&1; then
+    echo "test.sh: installing grpcio from PyPI into $venv" >&2
+    mkdir -p target && rm -rf "$venv"
+    python3 -m venv "$venv" && "$venv/bin/pip" install -q grpcio grpcio-health-checking ||
+      echo "test.sh: could not install grpcio; the compatibility suite will skip" >&2
+  fi
+  export MESHLET_COMPAT_PYTHON=$PWD/$venv/bin/python
 fi
 if [ "$(id -u)" -ne 0 ] && sudo -n true 2>/dev/null; then
   host=$(rustc -vV | sed -n 's/^host: //p' | tr 'a-z-' 'A-Z_')

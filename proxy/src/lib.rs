@@ -32,6 +32,7 @@ pub mod lifecycle;
 pub mod listener;
 pub mod local_addrs;
 pub mod locate;
+pub mod mesh_port;
 pub mod metrics;
 pub mod mux;
 pub mod mux_wire;
@@ -146,6 +147,7 @@ pub async fn start(
         port: config.outbound.port,
         timeouts: config.timeouts.clone(),
         auto_detect_timeout: config.outbound.auto_detect_timeout,
+        mesh_port: config.inbound.port,
         routes: routes::Routes::new(&config.outbound),
         connector: connector::Connector::new(
             connector::Dialer {

@@ -17,6 +17,7 @@ use crate::config::Timeouts;
 use crate::connector::Connector;
 use crate::connector::{self, ConnectError};
 use crate::copy;
+use crate::mesh_port;
 use crate::metrics::Metrics;
 use crate::metrics::OUTBOUND;
 use crate::orig_dst::OriginalDst;
@@ -31,6 +32,9 @@ pub struct Outbound {
     pub port: u16,
     pub timeouts: Timeouts,
     pub auto_detect_timeout: std::time::Duration,
+    /// Meshlet's inbound port, the same on every meshed pod: `auto` asks a silent destination's
+    /// address whether a proxy listens there (`mesh_port`).
+    pub mesh_port: u16,
     pub routes: Routes,
     pub connector: Connector,
     pub store: Arc<IdentityStore>,
@@ -93,11 +97,21 @@ async fn serve(
             // not speak meshlet can be told from a meshlet peer we must not trust.
             let proven = outbound.routes.known_mesh(dst);
             let timeout = outbound.auto_detect_timeout;
-            match outbound
-                .connector
-                .open_mesh(dst, None, timeout, !proven)
-                .await
-            {
+            let attempt = outbound.connector.open_mesh(dst, None, timeout, !proven);
+            let result = if proven {
+                attempt.await
+            } else {
+                match unless_no_proxy(outbound, dst, attempt).await {
+                    Some(result) => result,
+                    None => {
+                        info!(%peer, %dst, port = outbound.mesh_port, "auto: destination silent to TLS and its address resets meshlet's port, so no meshlet proxy is there; falling back to plaintext");
+                        outbound.metrics.auto_fallbacks.inc();
+                        outbound.routes.remember_plain(dst, generation);
+                        return plain(outbound, app, dst).await;
+                    }
+                }
+            };
+            match result {
                 Ok((mut upstream, id)) => {
                     debug!(%peer, %dst, server = %id, "outbound mTLS established (auto)");
                     if !proven {
@@ -116,7 +130,7 @@ async fn serve(
                     let consequence = if proven {
                         "auto: this destination proved to be a meshlet peer, so it is never sent plaintext"
                     } else if matches!(e, ConnectError::HandshakeTimeout { .. }) {
-                        "auto: silence proves nothing, so no plaintext fallback (set mtls: off for a plain server that never answers a TLS ClientHello)"
+                        "auto: silence proves nothing and the address did not say that no meshlet proxy is there, so no plaintext fallback (set mtls: off for a plain server that never answers a TLS ClientHello)"
                     } else {
                         "auto: no plaintext fallback for this failure"
                     };
@@ -124,6 +138,39 @@ async fn serve(
                 }
             }
         }
+    }
+}
+
+/// How long a destination may be silent to our ClientHello before its address is asked whether a
+/// meshlet proxy listens there. A meshlet proxy answers in well under this (a ServerHello takes
+/// one round trip), so a meshed destination is practically never asked; a silent server costs
+/// this much once, then it is remembered as plain for `outbound.auto_fallback_ttl`.
+const ASK_AFTER: std::time::Duration = std::time::Duration::from_millis(20);
+
+/// The mTLS attempt's result, or `None` when the destination stayed silent and its address
+/// answered meshlet's port with a TCP reset: no meshlet proxy is there (`mesh_port`).
+async fn unless_no_proxy<F>(
+    outbound: &Outbound,
+    dst: SocketAddr,
+    attempt: F,
+) -> Option<Result<(connector::Upstream, meshlet_identity::SpiffeId), ConnectError>>
+where
+    F: std::future::Future<
+        Output = Result<(connector::Upstream, meshlet_identity::SpiffeId), ConnectError>,
+    >,
+{
+    let mut attempt = std::pin::pin!(attempt);
+    tokio::select! {
+        result = &mut attempt => return Some(result),
+        _ = tokio::time::sleep(ASK_AFTER) => {}
+    }
+    let ask = mesh_port::ask(dst.ip(), outbound.mesh_port, outbound.timeouts.connect);
+    tokio::select! {
+        result = &mut attempt => Some(result),
+        answer = ask => match answer {
+            mesh_port::Answer::NoProxy => None,
+            mesh_port::Answer::Listening | mesh_port::Answer::Unknown => Some(attempt.await),
+        },
     }
 }
 

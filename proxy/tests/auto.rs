@@ -264,3 +264,61 @@ async fn a_tls_server_without_the_meshlet_alpn_gets_plaintext_whatever_its_certi
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)
 }
+
+/// A server that, like Redis, answers nothing until it has a whole command line, then replies.
+async fn waits_for_a_whole_line() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                use tokio::io::AsyncReadExt;
+                let mut line = Vec::new();
+                let mut byte = [0u8; 1];
+                while s.read(&mut byte).await.unwrap_or(0) == 1 {
+                    line.push(byte[0]);
+                    if line.ends_with(b"\r\n") {
+                        let _ = s.write_all(b"+PONG\r\n").await;
+                        line.clear();
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn a_silent_server_at_an_address_without_a_meshlet_proxy_gets_plaintext_at_once() {
+    let ca = Ca::new(TD, DAY).unwrap();
+    let server = waits_for_a_whole_line().await;
+    // Nothing listens on meshlet's inbound port at the server's address: the kernel resets.
+    let no_proxy_port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let client = proxy_for(
+        &ca,
+        "/ns/default/sa/pod-worker",
+        &format!("inbound: {{port: {no_proxy_port}}}\noutbound: {{mtls: auto, auto_detect_timeout: 10s}}"),
+        server,
+    )
+    .await;
+
+    for _ in 0..2 {
+        let started = std::time::Instant::now();
+        let mut s = TcpStream::connect(client.outbound_addrs[0]).await.unwrap();
+        s.write_all(b"PING\r\n").await.unwrap();
+        let mut reply = [0u8; 7];
+        use tokio::io::AsyncReadExt;
+        s.read_exact(&mut reply).await.unwrap();
+
+        assert_eq!(&reply, b"+PONG\r\n");
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(2),
+            "not after auto_detect_timeout: {:?}",
+            started.elapsed()
+        );
+    }
+    assert_metric(&client, "meshlet_outbound_auto_fallbacks_total", 1.0).await;
+}
