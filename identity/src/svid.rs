@@ -28,6 +28,10 @@ pub enum SvidError {
     SeveralUriSans(usize),
     #[error("URI SAN: {0}")]
     BadId(#[from] SpiffeIdError),
+    #[error("SPIFFE ID {0} has no path: an X.509-SVID's ID must name a workload under its trust domain")]
+    NoPath(String),
+    #[error("certificate {0} after the leaf is not a CA with the keyCertSign key usage: an SVID's chain holds only its signing CAs")]
+    NotASigningCa(usize),
     #[error("certificate is a CA (basicConstraints cA=true) and cannot be used as a leaf")]
     CaAsLeaf,
     #[error("certificate lacks the digitalSignature key usage")]
@@ -49,9 +53,11 @@ impl SvidError {
     pub fn reason(&self) -> &'static str {
         match self {
             SvidError::Unparsable(_) => "bad_certificate",
-            SvidError::NoUriSan | SvidError::SeveralUriSans(_) | SvidError::BadId(_) => {
-                "bad_spiffe_id"
-            }
+            SvidError::NoUriSan
+            | SvidError::SeveralUriSans(_)
+            | SvidError::BadId(_)
+            | SvidError::NoPath(_) => "bad_spiffe_id",
+            SvidError::NotASigningCa(_) => "bad_chain",
             SvidError::CaAsLeaf => "ca_as_leaf",
             SvidError::NoDigitalSignature | SvidError::SigningUsage => "bad_key_usage",
             SvidError::WrongTrustDomain { .. } => "wrong_trust_domain",
@@ -67,6 +73,9 @@ pub fn check_leaf(der: &[u8]) -> Result<SvidInfo, SvidError> {
     let (_, cert) =
         X509Certificate::from_der(der).map_err(|e| SvidError::Unparsable(e.to_string()))?;
     let id = spiffe_id_of(&cert)?;
+    if id.path().is_empty() {
+        return Err(SvidError::NoPath(id.to_string()));
+    }
     if let Ok(Some(bc)) = cert.basic_constraints() {
         if bc.value.ca {
             return Err(SvidError::CaAsLeaf);
@@ -89,6 +98,21 @@ pub fn check_leaf(der: &[u8]) -> Result<SvidInfo, SvidError> {
         not_before: to_system_time(cert.validity().not_before.timestamp()),
         not_after: to_system_time(cert.validity().not_after.timestamp()),
     })
+}
+
+/// Every certificate after the leaf (`position`, 1 for the first) must be a signing CA: cA=true
+/// and keyCertSign. webpki checks only the certificates it puts on the path, so one that is
+/// not on it would otherwise pass unread.
+pub fn check_signing_ca(der: &[u8], position: usize) -> Result<(), SvidError> {
+    let (_, cert) =
+        X509Certificate::from_der(der).map_err(|e| SvidError::Unparsable(e.to_string()))?;
+    let is_ca = matches!(cert.basic_constraints(), Ok(Some(bc)) if bc.value.ca);
+    let signs = matches!(cert.key_usage(), Ok(Some(ku)) if ku.value.key_cert_sign());
+    if is_ca && signs {
+        Ok(())
+    } else {
+        Err(SvidError::NotASigningCa(position))
+    }
 }
 
 /// Our own SVID must serve both directions: when EKU is present it needs both purposes.

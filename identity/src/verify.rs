@@ -70,6 +70,9 @@ pub fn verify_peer(
     usage: Usage,
 ) -> Result<SpiffeId, PeerError> {
     let info = svid::check_leaf(end_entity)?;
+    for (i, ca) in intermediates.iter().enumerate() {
+        svid::check_signing_ca(ca, i + 1)?;
+    }
     let td = info.id.trust_domain();
     let anchors = bundles
         .anchors(td)

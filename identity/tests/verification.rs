@@ -260,3 +260,75 @@ fn an_overlong_chain_of_our_own_is_refused() {
     assert_eq!(refused.0, Part::Cert);
     assert!(refused.1.contains("100 certificates"), "{}", refused.1);
 }
+
+/// A leaf for `/ns/a/sa/b` issued by an intermediate CA with `usages` under `root`, as one PEM
+/// chain (leaf, then the intermediate).
+fn through_intermediate(root: &Ca, usages: Vec<rcgen::KeyUsagePurpose>) -> Pem {
+    let root_issuer = rcgen::Issuer::from_ca_cert_pem(
+        &root.pem.cert,
+        rcgen::KeyPair::from_pem(&root.pem.key).unwrap(),
+    )
+    .unwrap();
+    let mut params = rcgen::CertificateParams::default();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "intermediate");
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    params.key_usages = usages;
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let inter = params.signed_by(&key, &root_issuer).unwrap();
+    let inter_ca = Ca::from_pem(&inter.pem(), &key.serialize_pem()).unwrap();
+    let leaf = inter_ca.issue_svid(&id("/ns/a/sa/b"), DAY).unwrap();
+    Pem {
+        cert: format!("{}{}", leaf.cert, inter.pem()),
+        key: leaf.key,
+    }
+}
+
+#[test]
+fn a_chain_through_a_ca_without_key_cert_sign_is_refused_from_a_peer_and_as_our_own() {
+    use rcgen::KeyUsagePurpose::{CrlSign, DigitalSignature, KeyCertSign};
+    let root = Ca::new(TD, DAY).unwrap();
+    let signing = through_intermediate(&root, vec![KeyCertSign, DigitalSignature]);
+    let not_signing = through_intermediate(&root, vec![CrlSign, DigitalSignature]);
+
+    assert!(check(&bundles_of(&root), &signing, Usage::Client).is_ok());
+    assert_eq!(
+        check(&bundles_of(&root), &not_signing, Usage::Client),
+        Err("bad_chain")
+    );
+    assert!(own(&not_signing, &not_signing.cert, &root).is_err());
+}
+
+#[test]
+fn a_certificate_after_the_leaf_that_is_not_a_signing_ca_is_refused() {
+    let ca = Ca::new(TD, DAY).unwrap();
+    let leaf = ca.issue_svid(&id("/ns/a/sa/b"), DAY).unwrap();
+    let stray = ca.issue_svid(&id("/ns/a/sa/stray"), DAY).unwrap();
+    let with_stray = Pem {
+        cert: format!("{}{}", leaf.cert, stray.cert),
+        key: leaf.key.clone(),
+    };
+
+    assert_eq!(
+        check(&bundles_of(&ca), &with_stray, Usage::Server),
+        Err("bad_chain")
+    );
+    let refused = own(&with_stray, &with_stray.cert, &ca).err().unwrap();
+    assert!(refused.1.contains("keyCertSign"), "{}", refused.1);
+}
+
+#[test]
+fn a_spiffe_id_without_a_path_is_refused_from_a_peer_and_as_our_own() {
+    let ca = Ca::new(TD, DAY).unwrap();
+    let mut spec = LeafSpec::svid(&id("/x"), DAY);
+    spec.uris = vec![format!("spiffe://{TD}")];
+    let rootless = ca.issue(&spec).unwrap();
+
+    assert_eq!(
+        check(&bundles_of(&ca), &rootless, Usage::Client),
+        Err("bad_spiffe_id")
+    );
+    let refused = own(&rootless, &rootless.cert, &ca).err().unwrap();
+    assert!(refused.1.contains("has no path"), "{}", refused.1);
+}
