@@ -152,3 +152,60 @@ fn wait_ready_returns_once_the_proxy_is_ready_and_fails_when_it_never_is() {
     );
     assert!(started.elapsed() < Duration::from_secs(10));
 }
+
+#[test]
+fn the_demo_app_as_pid_1_exits_promptly_on_sigterm() {
+    if !common::root_or_skip("the_demo_app_as_pid_1_exits_promptly_on_sigterm") {
+        return;
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    // A new PID namespace, as in a container: the app is its PID 1.
+    let mut unshare = Command::new("unshare")
+        .args(["--pid", "--fork", "--"])
+        .arg(exe())
+        .args(["demo-app", "serve", "--name", "pid1", "--listen"])
+        .arg(format!("127.0.0.1:{port}"))
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = BufReader::new(unshare.stderr.take().unwrap());
+    let mut line = String::new();
+    err.read_line(&mut line).unwrap();
+    assert!(line.contains("listening"), "{line}");
+    let children =
+        std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", unshare.id())).unwrap();
+    let app: u32 = children.split_whitespace().next().unwrap().parse().unwrap();
+    let status = std::fs::read_to_string(format!("/proc/{app}/status")).unwrap();
+    assert!(
+        status
+            .lines()
+            .any(|l| l.starts_with("NSpid:") && l.ends_with("\t1")),
+        "the app is PID 1 in its namespace: {status}"
+    );
+
+    let started = Instant::now();
+    assert!(Command::new("kill")
+        .args(["-TERM", &app.to_string()])
+        .status()
+        .unwrap()
+        .success());
+    let exited = loop {
+        if let Some(status) = unshare.try_wait().unwrap() {
+            break Some(status);
+        }
+        if started.elapsed() > Duration::from_secs(5) {
+            let _ = Command::new("kill")
+                .args(["-KILL", &app.to_string()])
+                .status();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+
+    let status = exited.expect("the app exited within 5 s of SIGTERM");
+    assert!(status.success(), "{status}");
+}

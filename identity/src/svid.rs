@@ -28,7 +28,9 @@ pub enum SvidError {
     SeveralUriSans(usize),
     #[error("URI SAN: {0}")]
     BadId(#[from] SpiffeIdError),
-    #[error("SPIFFE ID {0} has no path: an X.509-SVID's ID must name a workload under its trust domain")]
+    #[error(
+        "SPIFFE ID {0} has no path: an X.509-SVID's ID must name a workload under its trust domain"
+    )]
     NoPath(String),
     #[error("certificate {0} after the leaf is not a CA with the keyCertSign key usage: an SVID's chain holds only its signing CAs")]
     NotASigningCa(usize),

@@ -75,8 +75,8 @@ pub fn run(args: AppArgs) -> anyhow::Result<()> {
         .build()?;
     rt.block_on(async move {
         match args.command {
-            AppCommand::Serve { listen, name } => serve_http(listen, name).await,
-            AppCommand::Echo { listen } => serve_echo(listen).await,
+            AppCommand::Serve { listen, name } => until_terminated(serve_http(listen, name)).await,
+            AppCommand::Echo { listen } => until_terminated(serve_echo(listen)).await,
             AppCommand::Get {
                 addr,
                 method,
@@ -110,7 +110,9 @@ pub fn run(args: AppArgs) -> anyhow::Result<()> {
                 }
                 Ok(())
             }
-            AppCommand::Origdst { listen } => print_original_destinations(listen).await,
+            AppCommand::Origdst { listen } => {
+                until_terminated(print_original_destinations(listen)).await
+            }
             AppCommand::Send { addr, bytes } => {
                 let n = send_and_check(addr, bytes).await?;
                 println!("echoed {n} bytes intact");
@@ -118,6 +120,21 @@ pub fn run(args: AppArgs) -> anyhow::Result<()> {
             }
         }
     })
+}
+
+/// Runs a server until SIGTERM or SIGINT, then exits 0. As a container's PID 1 the process has
+/// no default signal actions, so without handlers a rollout waits the whole grace period.
+async fn until_terminated(
+    server: impl std::future::Future<Output = anyhow::Result<()>>,
+) -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
+    tokio::select! {
+        result = server => result,
+        _ = term.recv() => Ok(()),
+        _ = int.recv() => Ok(()),
+    }
 }
 
 fn parse_secs(text: &str) -> anyhow::Result<Duration> {
