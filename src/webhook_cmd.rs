@@ -42,6 +42,11 @@ pub struct WebhookArgs {
     key: PathBuf,
     #[command(flatten)]
     defaults: InjectDefaults,
+    /// An image a pod's `meshlet.io/image` annotation may choose instead of --image (repeat for
+    /// several). Without it the annotation is ignored with a warning: a pod's author must not
+    /// pick what runs as root with NET_ADMIN in the init container.
+    #[arg(long = "allow-image", value_name = "IMAGE")]
+    allow_image: Vec<String>,
 }
 
 /// AdmissionReview bodies above this are refused (a Pod is a few KB; etcd's limit is 1.5 MB).
@@ -120,7 +125,10 @@ async fn serve(args: WebhookArgs, pair: Pair) -> Result<(), Failure> {
         args.key.clone(),
         pair.bytes,
     ));
-    let settings = Arc::new(args.defaults.settings());
+    let settings = Arc::new(meshlet_inject::settings::Settings {
+        allowed_images: Some(args.allow_image.clone()),
+        ..args.defaults.settings()
+    });
     loop {
         let (conn, peer) = match listener.accept().await {
             Ok(c) => c,

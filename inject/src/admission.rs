@@ -193,6 +193,56 @@ mod tests {
         (patched, warnings)
     }
 
+    /// The images of every container and init container of `pod`.
+    fn images(pod: &Value) -> Vec<String> {
+        ["initContainers", "containers"]
+            .iter()
+            .flat_map(|k| pod["spec"][k].as_array().cloned().unwrap_or_default())
+            .filter_map(|c| c["image"].as_str().map(str::to_owned))
+            .collect()
+    }
+
+    #[test]
+    fn a_pod_author_cannot_choose_the_image_of_the_privileged_init_container() {
+        let evil = json!({"meshlet.io/image": "attacker/rootkit:1"});
+        let req = request("default", pod(evil, false));
+        let webhook = Settings {
+            allowed_images: Some(vec!["meshlet:allowed".into()]),
+            ..defaults()
+        };
+
+        let resp = review(&req, Entry::Namespace, &webhook).unwrap();
+
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(resp["response"]["patch"].as_str().unwrap())
+            .unwrap();
+        let patch: json_patch::Patch = serde_json::from_slice(&bytes).unwrap();
+        let mut patched = req["request"]["object"].clone();
+        json_patch::patch(&mut patched, &patch).unwrap();
+        let got = images(&patched);
+        assert!(!got.iter().any(|i| i.contains("rootkit")), "{got:?}");
+        assert!(got.iter().any(|i| i == "meshlet:test"), "{got:?}");
+        let warnings = resp["response"]["warnings"].to_string();
+        assert!(
+            warnings.contains("attacker/rootkit:1") && warnings.contains("ignored"),
+            "{warnings}"
+        );
+
+        // An image the operator allows is honoured.
+        let allowed = request(
+            "default",
+            pod(json!({"meshlet.io/image": "meshlet:allowed"}), false),
+        );
+        let resp = review(&allowed, Entry::Namespace, &webhook).unwrap();
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(resp["response"]["patch"].as_str().unwrap())
+            .unwrap();
+        let patch: json_patch::Patch = serde_json::from_slice(&bytes).unwrap();
+        let mut patched = allowed["request"]["object"].clone();
+        json_patch::patch(&mut patched, &patch).unwrap();
+        assert!(images(&patched).iter().any(|i| i == "meshlet:allowed"));
+    }
+
     #[test]
     fn a_pod_of_an_opted_in_namespace_is_patched_into_what_inject_makes() {
         let req = request("default", pod(json!({}), false));

@@ -111,6 +111,12 @@ pub fn inject(
     }
 
     let mut warnings = Vec::new();
+    if let Some(image) = &settings.ignored_image {
+        warnings.push(format!(
+            "{PREFIX}image {image:?} ignored: the webhook runs only the operator's images ({}; allow others with meshlet webhook --allow-image)",
+            settings.image
+        ));
+    }
     let mut app_probes = Map::new();
     if let Some(containers) = spec.get_mut("containers").and_then(Value::as_array_mut) {
         for c in containers.iter_mut() {

@@ -30,7 +30,10 @@ pub const ANNOTATIONS: &[(&str, &str)] = &[
     ("exclude-outbound-cidrs", "destinations never captured outbound (CIDRs)"),
     ("mtls-cidrs", "destinations that must be reached over mTLS, never plaintext (CIDRs)"),
     ("policy", "a ConfigMap holding the proxy's configuration file (`meshlet.yaml`: policy and more)"),
-    ("image", "the meshlet image for the init container and the sidecar"),
+    (
+        "image",
+        "the meshlet image for the init container and the sidecar; honoured by `meshlet inject`, but by the webhook only for images its operator lists with `--allow-image` (otherwise ignored with a warning: a pod's author must not choose what runs as root with `NET_ADMIN`)",
+    ),
     ("proxy-cpu-request", "the sidecar's CPU request (default `10m`)"),
     ("proxy-memory-request", "the sidecar's memory request (default `16Mi`)"),
     ("proxy-cpu-limit", "the sidecar's CPU limit (default: none)"),
@@ -152,6 +155,12 @@ pub struct Settings {
     pub mtls_cidrs: Vec<IpNet>,
     pub policy: Option<String>,
     pub image: String,
+    /// Which `meshlet.io/image` overrides are honoured: `None` any (the operator runs `meshlet
+    /// inject` on their own manifests), `Some(list)` only those (the webhook, where the pod's
+    /// author writes the annotation and the init container runs as root with NET_ADMIN).
+    pub allowed_images: Option<Vec<String>>,
+    /// An image override that was not honoured, for the warning.
+    pub ignored_image: Option<String>,
     pub cpu_request: Option<Quantity>,
     pub memory_request: Option<Quantity>,
     pub cpu_limit: Option<Quantity>,
@@ -171,6 +180,8 @@ impl Settings {
             mtls_cidrs: Vec::new(),
             policy: None,
             image: image.to_owned(),
+            allowed_images: None,
+            ignored_image: None,
             cpu_request: Some(Quantity("10m".into())),
             memory_request: Some(Quantity("16Mi".into())),
             cpu_limit: None,
@@ -236,7 +247,12 @@ impl Settings {
                     if v.is_empty() || v.contains(char::is_whitespace) {
                         return Err(bad(format!("{v:?} is not an image reference")));
                     }
-                    self.image = v.to_owned();
+                    match &self.allowed_images {
+                        Some(allowed) if v != self.image && !allowed.iter().any(|a| a == v) => {
+                            self.ignored_image = Some(v.to_owned());
+                        }
+                        _ => self.image = v.to_owned(),
+                    }
                 }
                 "proxy-cpu-request" => self.cpu_request = Some(v.parse().map_err(bad)?),
                 "proxy-memory-request" => self.memory_request = Some(v.parse().map_err(bad)?),
