@@ -101,7 +101,9 @@ async fn serve(
             let result = if proven {
                 attempt.await
             } else {
-                match unless_no_proxy(outbound, dst, attempt).await {
+                // Boxed: only a destination's first connections take this path; inline, its
+                // state would size every outbound connection's task.
+                match Box::pin(unless_no_proxy(outbound, dst, attempt)).await {
                     Some(result) => result,
                     None => {
                         info!(%peer, %dst, port = outbound.mesh_port, "auto: destination silent to TLS and its address resets meshlet's port, so no meshlet proxy is there; falling back to plaintext");
