@@ -1,0 +1,94 @@
+//! A rollout mixes releases: pods of the previous release and of this one must keep talking in
+//! both directions, through a Service address and pod to pod. The previous release's binary is
+//! built from git (`.ci/run` builds the commit named in `.ci/previous-release`) and named by
+//! MESHLET_PREVIOUS_BIN; without it the test skips, unless MESHLET_REQUIRE_ROLLOUT_TESTS=1.
+
+mod common;
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+
+use common::*;
+
+const VIP: Ipv4Addr = Ipv4Addr::new(198, 18, 9, 20);
+
+fn previous_or_skip(test: &str) -> Option<PathBuf> {
+    let bin = std::env::var_os("MESHLET_PREVIOUS_BIN")
+        .map(PathBuf::from)
+        .filter(|p| p.exists());
+    if bin.is_none() {
+        let why = "MESHLET_PREVIOUS_BIN does not name the previous release's meshlet binary";
+        if std::env::var("MESHLET_REQUIRE_ROLLOUT_TESTS").as_deref() == Ok("1") {
+            panic!("{test}: MESHLET_REQUIRE_ROLLOUT_TESTS=1 but {why}");
+        }
+        eprintln!("SKIPPED {test}: {why}");
+    }
+    bin
+}
+
+#[test]
+fn pods_of_the_previous_release_and_of_this_one_talk_both_ways_during_a_rollout() {
+    let test = "pods_of_the_previous_release_and_of_this_one_talk_both_ways_during_a_rollout";
+    if !root_or_skip(test) {
+        return;
+    }
+    let Some(previous) = previous_or_skip(test) else {
+        return;
+    };
+    let current = exe().to_owned();
+    let mut mesh = Mesh::new("rollout", &current).unwrap();
+    let mut pods = Vec::new();
+    for (name, index, bin) in [
+        ("client-old", 1, &previous),
+        ("client-new", 2, &current),
+        ("backend-old", 21, &previous),
+        ("backend-new", 22, &current),
+    ] {
+        let pod = mesh.lab.add_pod(name, index).unwrap();
+        let path = if name.starts_with("client") {
+            "/ns/default/sa/client"
+        } else {
+            "/ns/default/sa/backend"
+        };
+        let dir = mesh.issue(&pod, path).unwrap();
+        mesh.exe = bin.clone();
+        mesh.init(&pod, &[]).unwrap();
+        mesh.start_proxy(&pod, &dir, "").unwrap();
+        mesh.exe = current.clone();
+        if name.starts_with("backend") {
+            mesh.start_app(&pod, 8080).unwrap();
+        }
+        pods.push(pod);
+    }
+    let backends: Vec<_> = pods[2..].iter().map(|b| (b.ip, 8080)).collect();
+    mesh.lab.set_service(VIP, 80, &backends).unwrap();
+
+    for client in &pods[..2] {
+        for target in [
+            SocketAddr::from((VIP, 80)),
+            SocketAddr::from((pods[2].ip, 8080)),
+            SocketAddr::from((pods[3].ip, 8080)),
+        ] {
+            let replies = mesh
+                .get_each_new(client, target, 20, &["/rollout"])
+                .unwrap_or_else(|e| panic!("{} → {target}: {e}", client.name));
+
+            assert_eq!(replies.len(), 20);
+            let answered_by = |name: &str| {
+                replies
+                    .iter()
+                    .filter(|r| r.status == 200 && r.body.contains(&format!("hello from {name}\n")))
+                    .count()
+            };
+            let (old, new) = (answered_by("backend-old"), answered_by("backend-new"));
+            assert_eq!(old + new, 20, "{} → {target}: {replies:?}", client.name);
+            if target.ip() == VIP {
+                assert!(
+                    old > 0 && new > 0,
+                    "{} → the Service reaches both releases: {old} / {new}",
+                    client.name
+                );
+            }
+        }
+    }
+}
