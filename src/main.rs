@@ -7,6 +7,7 @@ mod init_cmd;
 mod inject_cmd;
 mod proxy_cmd;
 mod webhook_cmd;
+mod webhook_limits;
 
 use std::process::ExitCode;
 

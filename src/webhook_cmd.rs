@@ -14,9 +14,9 @@ use arc_swap::ArcSwap;
 use bytes::Bytes;
 use clap::Args;
 use http::{Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use meshlet_inject::admission::{self, Entry};
 use meshlet_inject::Settings;
 use rustls::server::{ClientHello, ResolvesServerCert};
@@ -27,6 +27,7 @@ use tokio::net::TcpListener;
 use tracing::{info, warn};
 
 use crate::inject_cmd::InjectDefaults;
+use crate::webhook_limits::{self, BodyError, Limits};
 use crate::Failure;
 
 #[derive(Args, Debug)]
@@ -49,8 +50,6 @@ pub struct WebhookArgs {
     allow_image: Vec<String>,
 }
 
-/// AdmissionReview bodies above this are refused (a Pod is a few KB; etcd's limit is 1.5 MB).
-const MAX_BODY: usize = 4 << 20;
 /// How often the certificate files are compared with what is served.
 const RELOAD_EVERY: Duration = Duration::from_secs(2);
 
@@ -129,6 +128,7 @@ async fn serve(args: WebhookArgs, pair: Pair) -> Result<(), Failure> {
         allowed_images: Some(args.allow_image.clone()),
         ..args.defaults.settings()
     });
+    let limits = Arc::new(Limits::default());
     loop {
         let (conn, peer) = match listener.accept().await {
             Ok(c) => c,
@@ -138,9 +138,14 @@ async fn serve(args: WebhookArgs, pair: Pair) -> Result<(), Failure> {
                 continue;
             }
         };
+        let Ok(slot) = limits.connections.clone().try_acquire_owned() else {
+            warn!(%peer, "connection refused: {} already open", webhook_limits::MAX_CONNECTIONS);
+            continue;
+        };
         let acceptor = acceptor.clone();
-        let settings = settings.clone();
+        let (settings, limits) = (settings.clone(), limits.clone());
         tokio::spawn(async move {
+            let _slot = slot;
             let Ok(Ok(tls)) =
                 tokio::time::timeout(Duration::from_secs(10), acceptor.accept(conn)).await
             else {
@@ -148,12 +153,20 @@ async fn serve(args: WebhookArgs, pair: Pair) -> Result<(), Failure> {
                 return;
             };
             let service = hyper::service::service_fn(move |req| {
-                let settings = settings.clone();
-                async move { Ok::<_, Infallible>(handle(req, &settings).await) }
+                let (settings, limits) = (settings.clone(), limits.clone());
+                async move { Ok::<_, Infallible>(handle(req, &settings, &limits).await) }
             });
-            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(tls), service)
-                .await;
+            let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            builder
+                .http1()
+                .timer(TokioTimer::new())
+                .header_read_timeout(webhook_limits::HEADER_TIMEOUT);
+            builder
+                .http2()
+                .timer(TokioTimer::new())
+                .max_concurrent_streams(webhook_limits::MAX_STREAMS)
+                .keep_alive_interval(Duration::from_secs(30));
+            let _ = builder.serve_connection(TokioIo::new(tls), service).await;
         });
     }
 }
@@ -189,7 +202,11 @@ async fn follow_files(
     }
 }
 
-async fn handle(req: Request<Incoming>, settings: &Settings) -> Response<Full<Bytes>> {
+async fn handle(
+    req: Request<Incoming>,
+    settings: &Settings,
+    limits: &Limits,
+) -> Response<Full<Bytes>> {
     let entry = match (req.method(), req.uri().path()) {
         (&Method::GET, "/healthz") => return reply(StatusCode::OK, "text/plain", "ok\n".into()),
         (&Method::POST, "/inject") => Entry::Namespace,
@@ -202,15 +219,25 @@ async fn handle(req: Request<Incoming>, settings: &Settings) -> Response<Full<By
             )
         }
     };
-    let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
-        Ok(b) => b.to_bytes(),
+    let (body, _budget) = match limits.read(req.into_body()).await {
+        Ok(read) => read,
         Err(e) => {
-            return reply(
-                StatusCode::BAD_REQUEST,
-                "text/plain",
-                format!("cannot read the body: {e}\n"),
-            )
+            let status = match e {
+                BodyError::TooLarge | BodyError::TooManyValues => StatusCode::PAYLOAD_TOO_LARGE,
+                BodyError::Busy => StatusCode::SERVICE_UNAVAILABLE,
+                BodyError::TimedOut => StatusCode::REQUEST_TIMEOUT,
+                BodyError::Read(_) => StatusCode::BAD_REQUEST,
+            };
+            warn!(error = %e, "admission request refused");
+            return reply(status, "text/plain", format!("{e}\n"));
         }
+    };
+    let Ok(_reviewing) = limits.reviews.acquire().await else {
+        return reply(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "text/plain",
+            "shutting down\n".into(),
+        );
     };
     let review: serde_json::Value = match serde_json::from_slice(&body) {
         Ok(v) => v,

@@ -245,3 +245,190 @@ fn a_new_serving_certificate_on_disk_is_served_without_a_restart() {
         "old CA no longer matches"
     );
 }
+
+/// The webhook's peak resident memory so far (VmHWM), in KiB.
+fn peak_kib(w: &Webhook) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", w.child.id())).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap()
+}
+
+/// A review whose Pod carries `filler` as an annotation value, or as a JSON array.
+fn big_review(filler: Value) -> String {
+    let mut pod = shop_pod();
+    pod["metadata"]["annotations"]["filler"] = filler;
+    review(&pod)
+}
+
+/// POSTs each body in its own curl, all at once; their HTTP statuses.
+fn post_all_at_once(w: &Webhook, ca: &Path, bodies: &[String]) -> Vec<u16> {
+    let dir = tempfile::tempdir().unwrap();
+    let children: Vec<_> = bodies
+        .iter()
+        .enumerate()
+        .map(|(i, body)| {
+            let file = dir.path().join(format!("{i}.json"));
+            std::fs::write(&file, body).unwrap();
+            Command::new("curl")
+                .args([
+                    "-s",
+                    "-o",
+                    "/dev/null",
+                    "-w",
+                    "%{http_code}",
+                    "--max-time",
+                    "20",
+                ])
+                .arg("--cacert")
+                .arg(ca)
+                .arg("--resolve")
+                .arg(format!("{HOST}:{}:127.0.0.1", w.port))
+                .args(["-H", "Content-Type: application/json", "--data-binary"])
+                .arg(format!("@{}", file.display()))
+                .arg(format!("https://{HOST}:{}/inject", w.port))
+                .stdout(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    children
+        .into_iter()
+        .map(|c| {
+            let out = c.wait_with_output().unwrap();
+            String::from_utf8_lossy(&out.stdout)
+                .trim()
+                .parse()
+                .unwrap_or(0)
+        })
+        .collect()
+}
+
+#[test]
+fn a_burst_of_maximum_size_reviews_fits_the_shipped_memory_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    issue(dir.path(), "first", &dir.path().join("serving"));
+    let w = start(dir.path());
+    let ca = dir.path().join("first-ca/ca.crt");
+    // Dense JSON (a value every two bytes, 16 times its size once parsed) just under the body
+    // cap, and a Pod as large as the API server can send (1.5 MiB of annotation).
+    let zeros = big_review(Value::Array(vec![json!(0); 900_000]));
+    let large_pod = big_review(json!("x".repeat(1_500_000)));
+    let mut bodies = vec![zeros; 12];
+    bodies.extend(vec![large_pod; 12]);
+
+    let statuses = post_all_at_once(&w, &ca, &bodies);
+    let peak = peak_kib(&w);
+
+    println!(
+        "peak resident memory after 24 concurrent maximum-size reviews: {} MiB",
+        peak / 1024
+    );
+    // Refused: 413 when counted, 503 when the body budget is spent (the connection may be
+    // closed before curl reads the answer: 0).
+    assert!(
+        statuses[..12]
+            .iter()
+            .all(|&s| s == 413 || s == 503 || s == 0),
+        "dense JSON is never parsed: {statuses:?}"
+    );
+    assert!(
+        statuses[12..]
+            .iter()
+            .all(|&s| s == 200 || s == 503 || s == 0),
+        "the large Pods are reviewed or told to retry: {statuses:?}"
+    );
+    assert!(statuses[12..].contains(&200), "{statuses:?}");
+    // deploy/webhook.yaml limits the webhook to 64Mi.
+    assert!(peak < 48 * 1024, "peak {} MiB", peak / 1024);
+    let (status, _) = post(&w, &ca, "/inject", &review(&shop_pod()));
+    assert_eq!(status, 200, "still serving");
+}
+
+/// Opens `n` TLS connections that send `partial` and never finish; how many are still open
+/// after `after`.
+fn still_open_after(
+    w: &Webhook,
+    ca: &Path,
+    n: usize,
+    partial: &'static [u8],
+    after: Duration,
+) -> usize {
+    use std::sync::Arc;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in meshlet_identity::source::parse_certs(&std::fs::read(ca).unwrap()).unwrap() {
+        roots.add(cert).unwrap();
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_protocol_versions(&[&rustls::version::TLS13])
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let port = w.port;
+    rt.block_on(async move {
+        let mut tasks = Vec::new();
+        for _ in 0..n {
+            let connector = connector.clone();
+            tasks.push(tokio::spawn(async move {
+                let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+                    .await
+                    .unwrap();
+                let name = rustls_pki_types::ServerName::try_from(HOST).unwrap();
+                let mut tls = connector.connect(name, tcp).await.unwrap();
+                tls.write_all(partial).await.unwrap();
+                let mut buf = [0u8; 512];
+                // Open until the server closes it, or `after` passes.
+                tokio::time::timeout(after, async {
+                    while let Ok(n) = tls.read(&mut buf).await {
+                        if n == 0 {
+                            break;
+                        }
+                    }
+                })
+                .await
+                .is_err()
+            }));
+        }
+        let mut open = 0;
+        for t in tasks {
+            open += usize::from(t.await.unwrap());
+        }
+        open
+    })
+}
+
+#[test]
+fn unfinished_headers_and_stalled_bodies_do_not_hold_connections() {
+    let dir = tempfile::tempdir().unwrap();
+    issue(dir.path(), "first", &dir.path().join("serving"));
+    let w = start(dir.path());
+    let ca = dir.path().join("first-ca/ca.crt");
+
+    let headers = still_open_after(
+        &w,
+        &ca,
+        50,
+        b"POST /inject HTTP/1.1\r\nHost: x\r\n",
+        Duration::from_secs(12),
+    );
+    let bodies = still_open_after(
+        &w,
+        &ca,
+        30,
+        b"POST /inject HTTP/1.1\r\nHost: x\r\nContent-Length: 1500000\r\n\r\n{\"apiVersion\":",
+        Duration::from_secs(15),
+    );
+
+    assert_eq!(headers, 0, "connections with unfinished headers still open");
+    assert_eq!(bodies, 0, "connections with stalled bodies still open");
+}
