@@ -62,8 +62,9 @@ pub fn run(cmd: CertCommand) -> Result<(), Failure> {
             write_file(&out, "ca.crt", &ca.pem.cert, false).map_err(runtime)?;
             write_file(&out, "ca.key", &ca.pem.key, true).map_err(runtime)?;
             println!(
-                "wrote {0}/ca.crt and {0}/ca.key for trust domain {trust_domain}",
-                out.display()
+                "wrote {} and {} for trust domain {trust_domain}",
+                out.join("ca.crt").display(),
+                out.join("ca.key").display()
             );
         }
         CertCommand::Issue {
@@ -85,8 +86,10 @@ pub fn run(cmd: CertCommand) -> Result<(), Failure> {
             })?;
             write_svid_dir(&out, &leaf, &authority.pem.cert).map_err(runtime)?;
             println!(
-                "wrote {0}/tls.crt, {0}/tls.key and {0}/ca.crt for {id}",
-                out.display()
+                "wrote {}, {} and {} for {id}",
+                out.join("tls.crt").display(),
+                out.join("tls.key").display(),
+                out.join("ca.crt").display()
             );
         }
         CertCommand::Inspect { file, json } => {

@@ -144,13 +144,7 @@ fn identity(args: &CheckArgs) -> Verdict {
 }
 
 fn human(d: Duration) -> String {
-    let s = d.as_secs();
-    match s {
-        0..=119 => format!("{s}s"),
-        120..=7199 => format!("{}m", s / 60),
-        7200..=172_799 => format!("{}h{:02}m", s / 3600, s % 3600 / 60),
-        _ => format!("{}d{:02}h", s / 86400, s % 86400 / 3600),
-    }
+    meshlet_identity::inspect::human(i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }
 
 /// A plain HTTP/1.0 GET: (status, body). The admin server is local; two seconds is plenty.

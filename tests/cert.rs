@@ -209,3 +209,44 @@ fn a_wrong_proxy_configuration_is_refused_with_file_key_and_reason() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/tls.crt"));
 }
+
+#[test]
+fn the_files_written_are_named_as_they_are_whatever_the_out_directory_ends_with() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = format!("{}/ca/", dir.path().display());
+    let app = format!("{}/app/", dir.path().display());
+
+    let made = meshlet(&[
+        "cert",
+        "ca",
+        "--trust-domain",
+        "cluster.local",
+        "--out",
+        &ca,
+    ]);
+    let issued = meshlet(&[
+        "cert",
+        "issue",
+        "--ca",
+        &ca,
+        "--spiffe-id",
+        "spiffe://cluster.local/ns/a/sa/b",
+        "--out",
+        &app,
+    ]);
+
+    for out in [made, issued] {
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(out.status.success(), "{text}");
+        assert!(!text.replace("spiffe://", "").contains("//"), "{text}");
+    }
+}
+
+#[test]
+fn durations_read_the_same_in_every_command() {
+    use meshlet_identity::inspect::human;
+    assert_eq!(human(7020), "1h57m");
+    assert_eq!(human(86_280), "23h58m");
+    assert_eq!(human(90_000), "1d1h");
+    assert_eq!(human(117), "1m57s");
+}

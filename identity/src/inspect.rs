@@ -128,7 +128,8 @@ impl Inspection {
     }
 }
 
-fn human(secs: i64) -> String {
+/// A duration for people: `23h58m`, `1d2h`, `1m57s`, `42s` — the one format every command uses.
+pub fn human(secs: i64) -> String {
     match secs {
         s if s >= 86400 => format!("{}d{}h", s / 86400, (s % 86400) / 3600),
         s if s >= 3600 => format!("{}h{}m", s / 3600, (s % 3600) / 60),

@@ -75,13 +75,13 @@ pub fn check_leaf(der: &[u8]) -> Result<SvidInfo, SvidError> {
     let (_, cert) =
         X509Certificate::from_der(der).map_err(|e| SvidError::Unparsable(e.to_string()))?;
     let id = spiffe_id_of(&cert)?;
-    if id.path().is_empty() {
-        return Err(SvidError::NoPath(id.to_string()));
-    }
     if let Ok(Some(bc)) = cert.basic_constraints() {
         if bc.value.ca {
             return Err(SvidError::CaAsLeaf);
         }
+    }
+    if id.path().is_empty() {
+        return Err(SvidError::NoPath(id.to_string()));
     }
     match cert.key_usage() {
         Ok(Some(ku)) => {
