@@ -251,20 +251,28 @@ async fn handle(
     };
     match admission::review(&review, entry, settings) {
         Ok(answer) => {
+            // One line per decision, naming the pod as the request does (a Deployment's pods
+            // have only a generateName at CREATE) and the request's uid.
             let req = &review["request"];
-            let pod = format!(
-                "{}/{}",
-                req["namespace"].as_str().unwrap_or("?"),
-                req["object"]["metadata"]["name"]
-                    .as_str()
-                    .or(req["object"]["metadata"]["generateName"].as_str())
-                    .unwrap_or("?")
+            let meta = &req["object"]["metadata"];
+            let field = |v: &serde_json::Value| v.as_str().unwrap_or("").to_owned();
+            let (namespace, name, generate_name, uid) = (
+                field(&req["namespace"]),
+                field(&meta["name"]),
+                field(&meta["generateName"]),
+                field(&req["uid"]),
             );
             let r = &answer["response"];
+            let path = match entry {
+                Entry::Namespace => "/inject",
+                Entry::Annotated => "/inject-annotated",
+            };
             if r.get("patch").is_some() {
-                info!(%pod, "sidecar injected");
+                info!(%namespace, %name, %generate_name, %uid, %path, warnings = %r["warnings"], "sidecar injected");
             } else if let Some(w) = r.get("warnings") {
-                info!(%pod, warnings = %w, "sidecar not injected");
+                info!(%namespace, %name, %generate_name, %uid, %path, warnings = %w, "sidecar not injected");
+            } else {
+                info!(%namespace, %name, %generate_name, %uid, %path, "left as it is (opted out, already injected, not a CREATE, or a system namespace)");
             }
             reply(StatusCode::OK, "application/json", answer.to_string())
         }

@@ -18,6 +18,8 @@ const HOST: &str = "meshlet-webhook.meshlet-system.svc";
 struct Webhook {
     child: Child,
     port: u16,
+    /// What it logged so far.
+    log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl Drop for Webhook {
@@ -83,8 +85,14 @@ fn start(dir: &Path) -> Webhook {
             break addr.rsplit(':').next().unwrap().parse().unwrap();
         }
     };
-    std::thread::spawn(move || for _ in lines {});
-    Webhook { child, port }
+    let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let keep = log.clone();
+    std::thread::spawn(move || {
+        for line in lines.map_while(Result::ok) {
+            keep.lock().unwrap().push(line);
+        }
+    });
+    Webhook { child, port, log }
 }
 
 /// POSTs `body` to the webhook trusting `ca`; (HTTP status, body).
@@ -431,4 +439,30 @@ fn unfinished_headers_and_stalled_bodies_do_not_hold_connections() {
 
     assert_eq!(headers, 0, "connections with unfinished headers still open");
     assert_eq!(bodies, 0, "connections with stalled bodies still open");
+}
+
+#[test]
+fn every_decision_is_logged_with_the_pod_and_the_request_uid() {
+    let dir = tempfile::tempdir().unwrap();
+    issue(dir.path(), "first", &dir.path().join("serving"));
+    let w = start(dir.path());
+    let ca = dir.path().join("first-ca/ca.crt");
+    let mut opted_out = shop_pod();
+    opted_out["metadata"]["annotations"]["meshlet.io/inject"] = json!("false");
+
+    let (injected, _) = post(&w, &ca, "/inject", &review(&shop_pod()));
+    let (left, _) = post(&w, &ca, "/inject", &review(&opted_out));
+    std::thread::sleep(Duration::from_millis(200));
+
+    assert_eq!((injected, left), (200, 200));
+    let log = w.log.lock().unwrap().join("\n");
+    for decision in ["sidecar injected", "left as it is"] {
+        assert!(
+            log.lines().any(|l| l.contains(decision)
+                && l.contains("namespace=shop")
+                && l.contains("generate_name=cart-7d4b9c-")
+                && l.contains("uid=e911857d-c318-11e8-bbad-025000000001")),
+            "{decision}: {log}"
+        );
+    }
 }
