@@ -269,3 +269,41 @@ fn the_validator_refuses_a_misspelled_field() {
     let err = kubernetes_validate(&validator, &[&file]).unwrap_err();
     assert!(err.contains("readOnlyRootFilesytem"), "{err}");
 }
+
+#[test]
+fn a_pods_own_native_sidecars_get_their_probes_rewritten_and_restored_like_the_apps() {
+    let pod = r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: shipper}
+spec:
+  initContainers:
+    - name: migrate
+      image: migrate:1
+    - name: log-shipper
+      image: shipper:1
+      restartPolicy: Always
+      ports: [{name: metrics, containerPort: 9100}]
+      readinessProbe: {httpGet: {path: /healthy, port: metrics}}
+  containers:
+    - name: app
+      image: app:1
+      livenessProbe: {tcpSocket: {port: 8080}}
+"#;
+    let out = inject(&[], pod);
+    let spec = pod_spec(&docs(&out)[0]).clone();
+    let shipper = spec["initContainers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "log-shipper")
+        .unwrap();
+
+    assert_eq!(shipper["readinessProbe"]["httpGet"]["port"], 15021);
+    assert_eq!(
+        shipper["readinessProbe"]["httpGet"]["path"],
+        "/app-health/log-shipper/readiness"
+    );
+    assert_eq!(docs(&inject(&["--uninject"], &out)), docs(pod));
+    validate("inject_native_sidecar_probes", &out);
+}

@@ -118,10 +118,8 @@ pub fn inject(
         ));
     }
     let mut app_probes = Map::new();
-    if let Some(containers) = spec.get_mut("containers").and_then(Value::as_array_mut) {
-        for c in containers.iter_mut() {
-            probes::rewrite(c, &mut app_probes, &mut warnings);
-        }
+    for c in probed_containers(spec) {
+        probes::rewrite(c, &mut app_probes, &mut warnings);
     }
     let service_account = spec
         .get("serviceAccountName")
@@ -171,10 +169,8 @@ pub fn uninject(meta: &mut Value, spec: &mut Value) -> bool {
             }
         }
     }
-    if let Some(containers) = obj.get_mut("containers").and_then(Value::as_array_mut) {
-        for c in containers.iter_mut() {
-            probes::restore(c, &entries);
-        }
+    for c in probed_containers(spec) {
+        probes::restore(c, &entries);
     }
     if let Some(notes) = meta.get_mut("annotations").and_then(Value::as_object_mut) {
         notes.shift_remove(&marker());
@@ -185,6 +181,29 @@ pub fn uninject(meta: &mut Value, spec: &mut Value) -> bool {
         }
     }
     true
+}
+
+/// The containers the kubelet probes: the app containers and the pod's own native sidecars
+/// (init containers with `restartPolicy: Always`, which run and are probed beside the app).
+fn probed_containers(spec: &mut Value) -> impl Iterator<Item = &mut Value> {
+    let Some(obj) = spec.as_object_mut() else {
+        return Vec::new().into_iter();
+    };
+    let mut found = Vec::new();
+    for (field, list) in obj.iter_mut() {
+        let Some(list) = list.as_array_mut() else {
+            continue;
+        };
+        match field.as_str() {
+            "containers" => found.extend(list.iter_mut()),
+            "initContainers" => found.extend(
+                list.iter_mut()
+                    .filter(|c| c.get("restartPolicy").and_then(Value::as_str) == Some("Always")),
+            ),
+            _ => {}
+        }
+    }
+    found.into_iter()
 }
 
 /// The probe entries handed to the injected sidecar, read back from its environment.
