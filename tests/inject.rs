@@ -307,3 +307,162 @@ spec:
     assert_eq!(docs(&inject(&["--uninject"], &out)), docs(pod));
     validate("inject_native_sidecar_probes", &out);
 }
+
+/// A Python with PyYAML (a YAML 1.1 reader, as kubectl is): kubernetes-validate's virtual
+/// environment has one.
+fn pyyaml_or_skip(test: &str) -> Option<std::path::PathBuf> {
+    let validator = validator_or_skip(test)?;
+    let python = validator.with_file_name("python");
+    let ok = std::process::Command::new(&python)
+        .args(["-c", "import yaml"])
+        .status()
+        .is_ok_and(|s| s.success());
+    ok.then_some(python)
+}
+
+#[test]
+fn every_string_means_to_a_yaml_1_1_reader_after_inject_what_it_meant_before() {
+    let Some(python) = pyyaml_or_skip("inject_yaml_1_1") else {
+        return;
+    };
+    // Generated strings: YAML 1.1's booleans, nulls and numbers, indicators, and random
+    // mixtures of them, in env values, annotations and ConfigMap data.
+    const PIECES: &[&str] = &[
+        "yes",
+        "No",
+        "on",
+        "OFF",
+        "y",
+        "n",
+        "~",
+        "null",
+        "true",
+        "1_000",
+        "190:20:30",
+        "0x1F",
+        ".5e3",
+        "012",
+        "1e3",
+        "-",
+        ":",
+        " ",
+        "#",
+        "*",
+        "&",
+        "!",
+        "%",
+        "@",
+        "`",
+        "'",
+        "\"",
+        "\\",
+        "a",
+        "Z",
+        "9",
+        ".",
+        "/",
+        "_",
+        "\t",
+        "é",
+        ".inf",
+        "<<",
+        "=",
+        "[",
+        "{",
+        ",",
+        "?",
+        "|",
+        ">",
+    ];
+    let mut seed: u64 = 0x5eed_1234_abcd_0001;
+    let mut next = || {
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (seed >> 33) as usize
+    };
+    let mut strings = Vec::new();
+    for i in 0..600 {
+        let n = if i < PIECES.len() { 0 } else { 1 + next() % 4 };
+        let mut s = if n == 0 {
+            PIECES[i].to_owned()
+        } else {
+            String::new()
+        };
+        for _ in 0..n {
+            s.push_str(PIECES[next() % PIECES.len()]);
+        }
+        strings.push(s);
+    }
+    let env: Vec<Value> = strings
+        .iter()
+        .enumerate()
+        .map(|(i, s)| serde_json::json!({"name": format!("V{i}"), "value": s}))
+        .collect();
+    let annotations: serde_json::Map<String, Value> = strings
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (format!("example.com/k{i}"), Value::String(s.clone())))
+        .collect();
+    let data: serde_json::Map<String, Value> = strings
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (format!("k{i}"), Value::String(s.clone())))
+        .collect();
+    let input = vec![
+        serde_json::json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "gen", "annotations": annotations},
+            "spec": {"containers": [{"name": "app", "image": "app:1", "env": env}]}
+        }),
+        serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "gen"}, "data": data}),
+    ];
+    // JSON is YAML: the input means the same to every reader.
+    let text = input
+        .iter()
+        .map(|d| d.to_string())
+        .collect::<Vec<_>>()
+        .join("\n---\n");
+    let out = inject(&[], &text);
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("in.json"),
+        serde_json::to_string(&input).unwrap(),
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("out.yaml"), &out).unwrap();
+
+    let check = std::process::Command::new(&python)
+        .current_dir(dir.path())
+        .args([
+            "-c",
+            r#"
+import json, yaml
+pod_in, cm_in = json.load(open("in.json"))
+pod_out, cm_out = list(yaml.safe_load_all(open("out.yaml")))
+bad = []
+env_out = {e["name"]: e.get("value") for e in pod_out["spec"]["containers"][0]["env"]}
+for e in pod_in["spec"]["containers"][0]["env"]:
+    if env_out.get(e["name"]) != e["value"]: bad.append(("env", e["value"], env_out.get(e["name"])))
+for k, v in pod_in["metadata"]["annotations"].items():
+    if pod_out["metadata"]["annotations"].get(k) != v: bad.append(("annotation", v, pod_out["metadata"]["annotations"].get(k)))
+for k, v in cm_in["data"].items():
+    if cm_out["data"].get(k) != v: bad.append(("data", v, cm_out["data"].get(k)))
+print(len(bad)); [print(repr(b)) for b in bad[:10]]
+"#,
+        ])
+        .output()
+        .unwrap();
+
+    let report = String::from_utf8_lossy(&check.stdout);
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+    assert_eq!(
+        report.lines().next(),
+        Some("0"),
+        "read differently by YAML 1.1:\n{report}"
+    );
+}

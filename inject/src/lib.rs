@@ -15,5 +15,6 @@ pub mod probes;
 pub mod settings;
 pub mod sidecar;
 pub mod workload;
+pub mod yaml_out;
 
 pub use settings::{IdentitySource, Settings, SidecarMode};

@@ -1,5 +1,6 @@
 //! YAML streams in and out: several documents separated by `---`, in order. Comments do not
-//! survive (the YAML is re-written from the objects); meaning does.
+//! survive (the YAML is re-written from the objects); meaning does, for YAML 1.1 readers like
+//! kubectl too (`yaml_out`).
 
 use serde::Deserialize;
 use serde_json::Value;
@@ -23,9 +24,7 @@ pub fn render(docs: &[Value]) -> Result<String, String> {
         if i > 0 {
             out.push_str("---\n");
         }
-        out.push_str(
-            &serde_norway::to_string(doc).map_err(|e| format!("document {}: {e}", i + 1))?,
-        );
+        out.push_str(&crate::yaml_out::document(doc));
     }
     Ok(out)
 }
