@@ -381,18 +381,11 @@ fn every_string_means_to_a_yaml_1_1_reader_after_inject_what_it_meant_before() {
             .wrapping_add(1442695040888963407);
         (seed >> 33) as usize
     };
-    let mut strings = Vec::new();
-    for i in 0..600 {
-        let n = if i < PIECES.len() { 0 } else { 1 + next() % 4 };
-        let mut s = if n == 0 {
-            PIECES[i].to_owned()
-        } else {
-            String::new()
-        };
-        for _ in 0..n {
-            s.push_str(PIECES[next() % PIECES.len()]);
-        }
-        strings.push(s);
+    // Every piece alone, then random mixtures of one to four.
+    let mut strings: Vec<String> = PIECES.iter().map(|p| p.to_string()).collect();
+    while strings.len() < 600 {
+        let n = 1 + next() % 4;
+        strings.push((0..n).map(|_| PIECES[next() % PIECES.len()]).collect());
     }
     let env: Vec<Value> = strings
         .iter()
