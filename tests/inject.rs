@@ -459,3 +459,17 @@ print(len(bad)); [print(repr(b)) for b in bad[:10]]
         "read differently by YAML 1.1:\n{report}"
     );
 }
+
+#[test]
+fn a_host_network_pod_written_the_yaml_1_1_way_is_left_alone() {
+    for yes in ["yes", "on", "y", "True"] {
+        let pod = format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: h}}\nspec:\n  hostNetwork: {yes}\n  containers: [{{name: a, image: a}}]\n"
+        );
+        let out = inject(&[], &pod);
+        assert!(
+            !out.contains("meshlet-init"),
+            "hostNetwork: {yes} is true to kubectl: no NET_ADMIN init container\n{out}"
+        );
+    }
+}

@@ -72,7 +72,7 @@ pub fn inject(
             reason: format!("{PREFIX}inject is false"),
         });
     }
-    if spec.get("hostNetwork").and_then(Value::as_bool) == Some(true) {
+    if spec.get("hostNetwork").is_some_and(yaml_1_1_true) {
         return Ok(Outcome::Unchanged {
             reason: "the pod uses the host network: capture rules would capture the node's traffic"
                 .into(),
@@ -181,6 +181,19 @@ pub fn uninject(meta: &mut Value, spec: &mut Value) -> bool {
         }
     }
     true
+}
+
+/// Whether kubectl (a YAML 1.1 reader) reads this field as `true`: a boolean field written
+/// `yes`, `on` or `y` is true to it, though a YAML 1.2 parser hands it over as a string.
+fn yaml_1_1_true(v: &Value) -> bool {
+    match v {
+        Value::Bool(b) => *b,
+        Value::String(s) => matches!(
+            s.as_str(),
+            "y" | "Y" | "yes" | "Yes" | "YES" | "on" | "On" | "ON" | "true" | "True" | "TRUE"
+        ),
+        _ => false,
+    }
 }
 
 /// The containers the kubelet probes: the app containers and the pod's own native sidecars
