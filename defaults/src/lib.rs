@@ -106,6 +106,38 @@ pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
         .ok_or_else(|| format!("{text:?} is too long a duration"))
 }
 
+/// Refuses YAML text whose flow collections (`[`, `{`) or block indentation nest deeper than
+/// `max` levels, before a parser sees it: the YAML parser's time grows with the square of the
+/// depth, so 100,000 `[` would hang it for seconds. Quoted strings and comments are skipped.
+pub fn check_yaml_nesting(text: &str, max: usize) -> Result<(), String> {
+    let too_deep = || format!("nested deeper than {max} levels; refused");
+    let mut depth = 0usize;
+    for line in text.lines() {
+        let indent = line.len() - line.trim_start_matches([' ', '-']).len();
+        if indent / 2 > max * 2 {
+            return Err(too_deep());
+        }
+        let mut quote: Option<char> = None;
+        for c in line.chars() {
+            match (quote, c) {
+                (Some(q), c) if c == q => quote = None,
+                (Some(_), _) => {}
+                (None, '\'' | '"') => quote = Some(c),
+                (None, '#') => break,
+                (None, '[' | '{') => {
+                    depth += 1;
+                    if depth > max {
+                        return Err(too_deep());
+                    }
+                }
+                (None, ']' | '}') => depth = depth.saturating_sub(1),
+                _ => {}
+            }
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -266,35 +266,8 @@ pub const MAX_CONNECTIONS: usize = 1_000_000;
 /// would hang it.
 const MAX_NESTING: usize = 32;
 
-/// Refuses text whose flow collections (`[`, `{`) or block indentation nest deeper than
-/// [`MAX_NESTING`], before the parser sees it. Quoted strings and comments are skipped.
 fn check_nesting(text: &str) -> Result<(), String> {
-    let too_deep = || format!("nested deeper than {MAX_NESTING} levels; refused");
-    let mut depth = 0usize;
-    for line in text.lines() {
-        let indent = line.len() - line.trim_start_matches([' ', '-']).len();
-        if indent / 2 > MAX_NESTING * 2 {
-            return Err(too_deep());
-        }
-        let mut quote: Option<char> = None;
-        for c in line.chars() {
-            match (quote, c) {
-                (Some(q), c) if c == q => quote = None,
-                (Some(_), _) => {}
-                (None, '\'' | '"') => quote = Some(c),
-                (None, '#') => break,
-                (None, '[' | '{') => {
-                    depth += 1;
-                    if depth > MAX_NESTING {
-                        return Err(too_deep());
-                    }
-                }
-                (None, ']' | '}') => depth = depth.saturating_sub(1),
-                _ => {}
-            }
-        }
-    }
-    Ok(())
+    meshlet_defaults::check_yaml_nesting(text, MAX_NESTING)
 }
 
 fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
