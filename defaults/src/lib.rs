@@ -118,8 +118,15 @@ pub fn check_yaml_nesting(text: &str, max: usize) -> Result<(), String> {
             return Err(too_deep());
         }
         let mut quote: Option<char> = None;
+        let mut escaped = false;
         for c in line.chars() {
+            if escaped {
+                escaped = false;
+                continue;
+            }
             match (quote, c) {
+                // In a double-quoted scalar a backslash escapes the next character.
+                (Some('"'), '\\') => escaped = true,
                 (Some(q), c) if c == q => quote = None,
                 (Some(_), _) => {}
                 (None, '\'' | '"') => quote = Some(c),
@@ -175,5 +182,14 @@ mod tests {
         assert_eq!(parse_duration("7"), Ok(std::time::Duration::from_secs(7)));
         assert!(parse_duration("999999999999999999d").is_err());
         assert!(parse_duration("5 parsecs").is_err());
+    }
+
+    #[test]
+    fn nesting_counts_brackets_outside_strings_and_escaped_quotes_stay_inside() {
+        assert!(check_yaml_nesting(&"[".repeat(40), 32).is_err());
+        assert!(check_yaml_nesting(&format!("k: \"{}\"", "[".repeat(40)), 32).is_ok());
+        let escaped = format!("k: \"a\\\"{}\"", "{".repeat(40));
+        assert!(check_yaml_nesting(&escaped, 32).is_ok(), "{escaped}");
+        assert!(check_yaml_nesting(&format!("k: '{}'", "{".repeat(40)), 32).is_ok());
     }
 }

@@ -42,11 +42,33 @@ fn plain_is_safe(s: &str) -> bool {
 
 fn string(s: &str) -> String {
     if plain_is_safe(s) {
-        s.to_owned()
-    } else {
-        // JSON's string syntax is YAML's double-quoted style.
-        Value::String(s.to_owned()).to_string()
+        return s.to_owned();
     }
+    // Double-quoted, escaping what a YAML reader would not keep as it is: the quote and the
+    // backslash, every control character, and the characters YAML reads as line breaks or
+    // drops (NEL, LS, PS, BOM) and the non-characters it refuses.
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\t' => out.push_str("\\t"),
+            '\r' => out.push_str("\\r"),
+            c if c.is_control()
+                || matches!(
+                    c,
+                    '\u{2028}' | '\u{2029}' | '\u{feff}' | '\u{fffe}' | '\u{ffff}'
+                ) =>
+            {
+                out.push_str(&format!("\\u{:04x}", c as u32))
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
 }
 
 fn scalar(v: &Value) -> String {
@@ -174,7 +196,7 @@ mod tests {
                     {"name": "d", "env": [], "command": [["nested", "list"]]}
                 ],
                 "weights": [1.5, -2, 0],
-                "text": "line one\nline \"two\"\t\u{1F600}"
+                "text": "line one\nline \"two\"\t\u{1F600} \u{2029}\u{85}\u{feff}\u{7f}"
             }
         });
         let out = document(&v);
