@@ -218,6 +218,24 @@ fn templates(pg: &Path) -> Templates {
     }
 }
 
+/// Starts Redis in `pod` on 6379, for anyone, without persistence.
+fn start_redis(mesh: &mut Mesh, pod: &Pod) {
+    let mut redis = mesh.lab.cmd(pod, "redis-server");
+    redis.args([
+        "--port",
+        "6379",
+        "--bind",
+        "0.0.0.0",
+        "--protected-mode",
+        "no",
+    ]);
+    redis.args(["--save", "", "--appendonly", "no"]);
+    let log = mesh.dir.join("redis.log");
+    mesh.lab
+        .spawn_until("redis", redis, &log, "Ready to accept")
+        .unwrap();
+}
+
 /// Starts every server in `pod`, with its own copies of the data directories.
 fn start_servers(mesh: &mut Mesh, pod: &Pod, t: &Templates, pg: &Path, py: &Path) {
     let base = mesh.dir.join("servers");
@@ -229,24 +247,8 @@ fn start_servers(mesh: &mut Mesh, pod: &Pod, t: &Templates, pg: &Path, py: &Path
     };
     let mariadb = copy(&t.mariadb, "mariadb");
     let postgres = copy(&t.postgres, "postgres");
+    start_redis(mesh, pod);
     let log = |name: &str| mesh.dir.join(format!("{name}.log"));
-
-    let mut redis = mesh.lab.cmd(pod, "redis-server");
-    redis.args([
-        "--port",
-        "6379",
-        "--bind",
-        "0.0.0.0",
-        "--protected-mode",
-        "no",
-        "--save",
-        "",
-        "--appendonly",
-        "no",
-    ]);
-    mesh.lab
-        .spawn_until("redis", redis, &log("redis"), "Ready to accept")
-        .unwrap();
 
     let mut maria = mesh.lab.cmd(pod, "mariadbd");
     maria
@@ -535,21 +537,7 @@ fn auto_sends_no_plaintext_to_a_silent_server_when_only_an_icmp_refusal_says_no_
     let dir = mesh.issue(&client, CLIENT).unwrap();
     mesh.init(&client, &[]).unwrap();
     mesh.start_proxy(&client, &dir, "").unwrap();
-    let mut redis = mesh.lab.cmd(&server, "redis-server");
-    redis.args([
-        "--port",
-        "6379",
-        "--bind",
-        "0.0.0.0",
-        "--protected-mode",
-        "no",
-        "--save",
-        "",
-    ]);
-    let log = mesh.dir.join("redis.log");
-    mesh.lab
-        .spawn_until("redis", redis, &log, "Ready to accept")
-        .unwrap();
+    start_redis(&mut mesh, &server);
     // A router or a node's reject rule, not the server itself, refuses meshlet's port.
     run(mesh.lab.cmd(&server, "iptables").args([
         "-A",

@@ -202,6 +202,17 @@ mod tests {
             .collect()
     }
 
+    /// The pod of `req` with the review response's patch applied.
+    fn patched_by(resp: &Value, req: &Value) -> Value {
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(resp["response"]["patch"].as_str().unwrap())
+            .unwrap();
+        let patch: json_patch::Patch = serde_json::from_slice(&bytes).unwrap();
+        let mut pod = req["request"]["object"].clone();
+        json_patch::patch(&mut pod, &patch).unwrap();
+        pod
+    }
+
     #[test]
     fn a_pod_author_cannot_choose_the_image_of_the_privileged_init_container() {
         let evil = json!({"meshlet.io/image": "attacker/rootkit:1"});
@@ -213,13 +224,7 @@ mod tests {
 
         let resp = review(&req, Entry::Namespace, &webhook).unwrap();
 
-        let bytes = base64::engine::general_purpose::STANDARD
-            .decode(resp["response"]["patch"].as_str().unwrap())
-            .unwrap();
-        let patch: json_patch::Patch = serde_json::from_slice(&bytes).unwrap();
-        let mut patched = req["request"]["object"].clone();
-        json_patch::patch(&mut patched, &patch).unwrap();
-        let got = images(&patched);
+        let got = images(&patched_by(&resp, &req));
         assert!(!got.iter().any(|i| i.contains("rootkit")), "{got:?}");
         assert!(got.iter().any(|i| i == "meshlet:test"), "{got:?}");
         let warnings = resp["response"]["warnings"].to_string();
@@ -227,20 +232,13 @@ mod tests {
             warnings.contains("attacker/rootkit:1") && warnings.contains("ignored"),
             "{warnings}"
         );
-
         // An image the operator allows is honoured.
-        let allowed = request(
-            "default",
-            pod(json!({"meshlet.io/image": "meshlet:allowed"}), false),
-        );
-        let resp = review(&allowed, Entry::Namespace, &webhook).unwrap();
-        let bytes = base64::engine::general_purpose::STANDARD
-            .decode(resp["response"]["patch"].as_str().unwrap())
-            .unwrap();
-        let patch: json_patch::Patch = serde_json::from_slice(&bytes).unwrap();
-        let mut patched = allowed["request"]["object"].clone();
-        json_patch::patch(&mut patched, &patch).unwrap();
-        assert!(images(&patched).iter().any(|i| i == "meshlet:allowed"));
+        let allowed = json!({"meshlet.io/image": "meshlet:allowed"});
+        let req = request("default", pod(allowed, false));
+        let resp = review(&req, Entry::Namespace, &webhook).unwrap();
+        assert!(images(&patched_by(&resp, &req))
+            .iter()
+            .any(|i| i == "meshlet:allowed"));
     }
 
     #[test]

@@ -22,37 +22,28 @@ impl Drop for Flood {
 /// Starts holding `n` connections from `pod` to `to`.
 pub fn start(pod: &Pod, to: SocketAddr, n: usize) -> Flood {
     let stop = Arc::new(AtomicBool::new(false));
-    let netns = format!("/var/run/netns/{}", pod.ns);
     let running = stop.clone();
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let ns = std::fs::File::open(&netns).unwrap();
-        nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            for i in 0..n {
-                let running = running.clone();
-                tokio::spawn(async move {
-                    while !running.load(Ordering::Relaxed) {
-                        if let Ok(mut s) = tokio::net::TcpStream::connect(to).await {
-                            let mut buf = [0u8; 64];
-                            // Held until the server closes it.
-                            let _ = tokio::io::AsyncReadExt::read(&mut s, &mut buf).await;
-                        }
-                        tokio::time::sleep(Duration::from_millis(10)).await;
+    super::in_pod(pod, move || async move {
+        for i in 0..n {
+            let running = running.clone();
+            tokio::spawn(async move {
+                while !running.load(Ordering::Relaxed) {
+                    if let Ok(mut s) = tokio::net::TcpStream::connect(to).await {
+                        let mut buf = [0u8; 64];
+                        // Held until the server closes it.
+                        let _ = tokio::io::AsyncReadExt::read(&mut s, &mut buf).await;
                     }
-                });
-                if i + 1 == n {
-                    let _ = ready_tx.send(());
+                    tokio::time::sleep(Duration::from_millis(10)).await;
                 }
+            });
+            if i + 1 == n {
+                let _ = ready_tx.send(());
             }
-            while !running.load(Ordering::Relaxed) {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        });
+        }
+        while !running.load(Ordering::Relaxed) {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     });
     let _ = ready_rx.recv();
     // Let the connections open.

@@ -63,33 +63,24 @@ pub fn start(pod: &Pod, identity: &Path, port: u16, lies: Lies) -> Seen {
     config.alpn_protocols = vec![b"meshlet-mux/1".to_vec(), b"meshlet/1".to_vec()];
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
     let own = SocketAddr::from((pod.ip, port));
-    let netns = format!("/var/run/netns/{}", pod.ns);
     let seen = Seen::default();
     let record = seen.clone();
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let lies = Arc::new(lies);
-    std::thread::spawn(move || {
-        let ns = std::fs::File::open(&netns).unwrap();
-        nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
+    super::in_pod(pod, move || async move {
+        let listener = tokio::net::TcpListener::bind(("0.0.0.0", port))
+            .await
             .unwrap();
-        rt.block_on(async move {
-            let listener = tokio::net::TcpListener::bind(("0.0.0.0", port))
-                .await
-                .unwrap();
-            ready_tx.send(()).unwrap();
-            loop {
-                let Ok((conn, _)) = listener.accept().await else {
-                    continue;
-                };
-                let (acceptor, seen, lies) = (acceptor.clone(), record.clone(), lies.clone());
-                tokio::spawn(async move {
-                    let _ = serve(conn, acceptor, seen, lies, own).await;
-                });
-            }
-        });
+        ready_tx.send(()).unwrap();
+        loop {
+            let Ok((conn, _)) = listener.accept().await else {
+                continue;
+            };
+            let (acceptor, seen, lies) = (acceptor.clone(), record.clone(), lies.clone());
+            tokio::spawn(async move {
+                let _ = serve(conn, acceptor, seen, lies, own).await;
+            });
+        }
     });
     ready_rx.recv().unwrap();
     seen

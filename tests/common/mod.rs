@@ -12,6 +12,26 @@ pub use meshlet_lab::mesh::Mesh;
 #[allow(unused_imports)]
 pub use meshlet_lab::netns::{contains, run, Capture, Lab, Pod};
 
+/// Runs `work` on a thread of its own that has entered `pod`'s network namespace, in a
+/// single-threaded tokio runtime: the sockets it opens are the pod's. For the attackers the
+/// security tests play (an unmeshed pod's programs).
+pub fn in_pod<F, Fut>(pod: &Pod, work: F)
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()>,
+{
+    let netns = format!("/var/run/netns/{}", pod.ns);
+    std::thread::spawn(move || {
+        let ns = std::fs::File::open(&netns).unwrap();
+        nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(work());
+    });
+}
+
 pub fn exe() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_meshlet"))
 }
