@@ -82,6 +82,9 @@ fn scalar(v: &Value) -> String {
     }
 }
 
+/// Longest key written as an implicit `key: value`, with room under YAML's 1024.
+const MAX_SIMPLE_KEY: usize = 1000;
+
 fn indent(out: &mut String, n: usize) {
     out.extend(std::iter::repeat_n(' ', n));
 }
@@ -92,7 +95,16 @@ fn map(out: &mut String, m: &serde_json::Map<String, Value>, at: usize) {
         if i > 0 || out.is_empty() || out.ends_with('\n') {
             indent(out, at);
         }
-        out.push_str(&string(k));
+        let key = string(k);
+        if key.len() > MAX_SIMPLE_KEY {
+            // YAML limits an implicit key to 1024 characters: a longer one is written explicit.
+            out.push_str("? ");
+            out.push_str(&key);
+            out.push('\n');
+            indent(out, at);
+        } else {
+            out.push_str(&key);
+        }
         out.push(':');
         value_after_key(out, v, at);
     }
@@ -202,5 +214,8 @@ mod tests {
         let out = document(&v);
         let back = crate::manifest::parse(&out).unwrap();
         assert_eq!(back, vec![v], "{out}");
+        let long = json!({"a": [{ "k".repeat(2000): {"x": 1}, "y": 2 }], "k".repeat(1500): "v"});
+        let out = document(&long);
+        assert_eq!(crate::manifest::parse(&out).unwrap(), vec![long], "{out}");
     }
 }
