@@ -150,6 +150,24 @@ fn service_calls_through_a_masquerading_node_are_balanced_too() {
         a >= 8 && b >= 8,
         "balancing lost: backend-a {a}, backend-b {b}"
     );
+    // Learned once, not paid for on every connection: after the first unconfirmed locate the
+    // Service's connections go straight through it.
+    let log = std::fs::read_to_string(c.mesh.dir.join("client/proxy.log")).unwrap();
+    assert_eq!(
+        log.matches("did not confirm a locate").count(),
+        1,
+        "the client's log:\n{log}"
+    );
+    let located = (0..2)
+        .map(|i| {
+            counter(
+                &c.mesh,
+                &c.backends[i],
+                r#"meshlet_pooled_streams_total{direction="inbound"}"#,
+            )
+        })
+        .sum::<u64>();
+    assert_eq!(located, 0, "no stream rode a pooled connection");
 }
 
 #[test]

@@ -139,14 +139,25 @@ fn a_locate_answer_cannot_send_a_callers_bytes_to_another_pods_port() {
     echo_answers_every_call(&s, 1, "/warm");
     let evil = SocketAddr::from((s.evil.ip, 8080));
 
-    let replies = s.mesh.get_each_new(&s.worker, evil, 3, &["/for-evil"]);
+    // Until worker has located evil once (a loaded machine may time out a first handshake).
+    let mut replies = Vec::new();
+    for _ in 0..5 {
+        replies.extend(
+            s.mesh
+                .get_each_new(&s.worker, evil, 3, &["/for-evil"])
+                .unwrap_or_default(),
+        );
+        if s.seen.all().iter().any(|e| e == "locate") {
+            break;
+        }
+    }
 
     assert!(
         s.seen.all().iter().any(|e| e == "locate"),
         "the scene is as intended: worker located evil: {:?}",
         s.seen.all()
     );
-    for r in replies.iter().flatten() {
+    for r in &replies {
         assert!(
             !r.body.contains("hello from echo"),
             "bytes meant for evil reached echo's port 9000, authenticated as worker: {r:?}"

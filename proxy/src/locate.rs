@@ -143,6 +143,35 @@ impl Located {
     }
 }
 
+/// Claims the token of a stream's `mux_wire::LOCATED_HEADER` (see [`Located::claim`]); a header
+/// that is not 32 hex digits claims nothing.
+pub fn claim_header(
+    located: &Located,
+    header: &http::HeaderValue,
+    caller: IpAddr,
+    named: SocketAddr,
+) -> bool {
+    header
+        .to_str()
+        .ok()
+        .filter(|v| v.len() == 32)
+        .and_then(|v| u128::from_str_radix(v, 16).ok())
+        .is_some_and(|token| located.claim(token, caller, named))
+}
+
+/// The header value carrying `token`.
+pub fn token_header(token: u128) -> String {
+    format!("{token:032x}")
+}
+
+/// The random source of locate tokens: the one crypto provider's, built once (a provider is
+/// a few allocations, and every located app connection needs a token).
+fn random() -> &'static dyn rustls::crypto::SecureRandom {
+    static RANDOM: std::sync::OnceLock<&'static dyn rustls::crypto::SecureRandom> =
+        std::sync::OnceLock::new();
+    *RANDOM.get_or_init(|| rustls::crypto::aws_lc_rs::default_provider().secure_random)
+}
+
 /// A located pod address, and the token that lets the pod confirm it.
 #[derive(Clone, Copy, Debug)]
 pub struct Answer {
@@ -154,8 +183,7 @@ pub struct Answer {
 /// reaches. The answer must be a unicast address of `dst`'s family.
 pub async fn locate(dst: SocketAddr, timeout: Duration) -> io::Result<Answer> {
     let mut token = [0u8; 16];
-    rustls::crypto::aws_lc_rs::default_provider()
-        .secure_random
+    random()
         .fill(&mut token)
         .map_err(|_| io::Error::other("no random token for a locate request"))?;
     let token = u128::from_be_bytes(token);

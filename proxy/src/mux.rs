@@ -29,7 +29,7 @@ use crate::on_this_pod::{self, NotOnThisPod};
 use crate::orig_dst::OriginalDst;
 use crate::policy::Access;
 use crate::refusal::Refusal;
-use crate::{connector, copy, http};
+use crate::{connector, copy, http, locate};
 
 /// Streams one pooled connection may carry at once.
 const MAX_STREAMS: u32 = 16384;
@@ -182,42 +182,25 @@ async fn stream(ctx: &ConnCtx, mut req: Request<Incoming>) -> Response<Empty<Byt
             );
         }
         OriginalDst::Fixed(addr) => addr,
-        OriginalDst::Kernel if req.headers().contains_key(LOCATED_HEADER) => {
-            // A located stream goes only where this proxy's own locate answer said, to this
-            // caller: a token from elsewhere (a lying answer, a relayed request) is refused.
-            let token = req
-                .headers()
-                .get(LOCATED_HEADER)
-                .and_then(|v| v.to_str().ok())
-                .filter(|v| v.len() == 32)
-                .and_then(|v| u128::from_str_radix(v, 16).ok());
-            let confirmed = token.is_some_and(|t| inbound.located.claim(t, ctx.peer.ip(), named));
-            if !confirmed {
-                let mut resp = refuse(
-                    ctx,
-                    Refusal::new(
-                        "not_located",
-                        "stream names a locate this proxy did not answer for this caller and address",
-                    )
-                    .at(named),
-                    StatusCode::FORBIDDEN,
-                );
-                resp.headers_mut()
-                    .insert(NOT_LOCATED_HEADER, ::http::HeaderValue::from_static("1"));
-                return resp;
-            }
-            match on_this_pod::check(&inbound.local, &inbound.proxy_ports, named) {
-                Ok(dst) => dst,
-                Err(e) => {
-                    return refuse(
+        OriginalDst::Kernel => {
+            if let Some(token) = req.headers().get(LOCATED_HEADER) {
+                // A located stream goes only where this proxy's own locate answer said, to this
+                // caller: a token from elsewhere (a lying answer, a relayed request) is refused.
+                if !locate::claim_header(&inbound.located, token, ctx.peer.ip(), named) {
+                    let mut resp = refuse(
                         ctx,
-                        Refusal::new(e.reason(), e.to_string()).at(named),
+                        Refusal::new(
+                            "not_located",
+                            "stream names a locate this proxy did not answer for this caller and address",
+                        )
+                        .at(named),
                         StatusCode::FORBIDDEN,
-                    )
+                    );
+                    resp.headers_mut()
+                        .insert(NOT_LOCATED_HEADER, ::http::HeaderValue::from_static("1"));
+                    return resp;
                 }
             }
-        }
-        OriginalDst::Kernel => {
             match on_this_pod::check(&inbound.local, &inbound.proxy_ports, named) {
                 Ok(dst) => dst,
                 Err(NotOnThisPod::ForeignAddress(_)) if !named.ip().is_loopback() => {

@@ -74,7 +74,7 @@ pub struct Pool {
     /// Peers that answered the pooled ALPN with the per-connection one.
     no_mux: Mutex<HashMap<IpAddr, ()>>,
     /// Destinations found to be virtual, until when.
-    virtual_dsts: ExpiringMap<SocketAddr>,
+    virtual_dsts: ExpiringMap<SocketAddr, Virtual>,
 }
 
 /// Where a stream is sent and how it was decided.
@@ -86,6 +86,22 @@ enum Target {
     /// The pod a virtual destination led to this time, and the token it must confirm.
     Located(locate::Answer),
 }
+
+/// How app connections to a virtual destination are carried.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Virtual {
+    /// Each is located, then rides the pooled connection to the pod that confirms it.
+    Locate,
+    /// Each takes mTLS of its own through the destination: its pods cannot be located or do
+    /// not confirm their locates (a node that source-NATs Service traffic, backends without
+    /// meshlet, or an answer that lied). Retried after [`THROUGH_TTL`].
+    Through,
+}
+
+/// How long "locating does not work here" is remembered: short, so that a passing failure
+/// costs little, and long enough that a destination where it never works pays a failed locate
+/// about once a minute rather than on every connection.
+const THROUGH_TTL: Duration = Duration::from_secs(60);
 
 /// A pooled connection, or the peer's choice of a connection of its own instead.
 enum Dialed {
@@ -131,14 +147,36 @@ impl Pool {
             .unwrap_or(false)
     }
 
-    fn is_virtual(&self, dst: SocketAddr) -> bool {
-        self.virtual_dsts.get(dst).is_some()
+    fn remember_virtual(&self, dst: SocketAddr, how: Virtual) {
+        let before = self.virtual_dsts.get(dst);
+        let ttl = match how {
+            Virtual::Locate => VIRTUAL_TTL,
+            Virtual::Through => THROUGH_TTL,
+        };
+        self.virtual_dsts.insert(dst, how, ttl);
+        if before != Some(how) {
+            match how {
+                Virtual::Locate => {
+                    info!(%dst, "virtual destination (translated by the node): each connection is located first")
+                }
+                Virtual::Through => {
+                    info!(%dst, secs = THROUGH_TTL.as_secs(), "virtual destination whose pods cannot be located or did not confirm a locate: connections take mTLS of their own through it for a while")
+                }
+            }
+        }
     }
 
-    fn remember_virtual(&self, dst: SocketAddr) {
-        if self.virtual_dsts.insert(dst, (), VIRTUAL_TTL) {
-            info!(%dst, "virtual destination (translated by the node): each connection is located first");
-        }
+    /// mTLS of its own to `dst`, through the node's translation.
+    async fn through(
+        &self,
+        dst: SocketAddr,
+        pins: Option<&[SpiffeId]>,
+        handshake_timeout: Duration,
+        probe: bool,
+    ) -> Result<(Upstream, SpiffeId), ConnectError> {
+        self.dialer
+            .own_connection(dst, pins, handshake_timeout, probe)
+            .await
     }
 
     /// A stream to `dst` over a pooled connection (opening one if needed), or, for a peer that
@@ -152,15 +190,14 @@ impl Pool {
         probe: bool,
     ) -> Result<(Upstream, SpiffeId), ConnectError> {
         if self.peer_lacks_mux(dst.ip()) {
-            return self
-                .dialer
-                .own_connection(dst, pins, handshake_timeout, probe)
-                .await;
+            return self.through(dst, pins, handshake_timeout, probe).await;
         }
-        let mut target = if self.is_virtual(dst) {
-            Target::ToLocate
-        } else {
-            Target::AsDialed(dst)
+        let mut target = match self.virtual_dsts.get(dst) {
+            None => Target::AsDialed(dst),
+            Some(Virtual::Locate) => Target::ToLocate,
+            Some(Virtual::Through) => {
+                return self.through(dst, pins, handshake_timeout, probe).await
+            }
         };
         // A stale or broken pooled connection is replaced once; a destination found to be
         // virtual is located once.
@@ -175,10 +212,8 @@ impl Pool {
                         (answer.pod, Some(answer.token))
                     }
                     None => {
-                        return self
-                            .dialer
-                            .own_connection(dst, pins, handshake_timeout, probe)
-                            .await
+                        self.remember_virtual(dst, Virtual::Through);
+                        return self.through(dst, pins, handshake_timeout, probe).await;
                     }
                 },
             };
@@ -192,12 +227,7 @@ impl Pool {
                 }
                 // A located pod that declines pooling cannot confirm the locate on a
                 // connection of its own: go through the destination itself.
-                Dialed::Own(..) => {
-                    return self
-                        .dialer
-                        .own_connection(dst, pins, handshake_timeout, probe)
-                        .await
-                }
+                Dialed::Own(..) => return self.through(dst, pins, handshake_timeout, probe).await,
             };
             check_pins(dst, &conn.peer, pins)?;
             // A peer that vanished without closing (or hangs) would leave the app connection
@@ -227,18 +257,17 @@ impl Pool {
                     // of: the node translated it, so `dst` is virtual. Whatever else the peer
                     // says is not used; each app connection to `dst` is located from now on.
                     redirected = true;
-                    self.remember_virtual(dst);
+                    self.remember_virtual(dst, Virtual::Locate);
                     self.forget(addr.ip(), conn.id).await;
                     target = Target::ToLocate;
                 }
                 StreamError::Misdirected | StreamError::NotLocated if token.is_some() => {
                     // The pod named by the locate answer did not confirm it: the answer was
-                    // wrong or a lie. Only the destination itself decides where this goes.
-                    info!(%dst, named = %addr, "the pod a locate answer named did not confirm it; connecting through the destination itself");
-                    return self
-                        .dialer
-                        .own_connection(dst, pins, handshake_timeout, probe)
-                        .await;
+                    // wrong or a lie, or the node hides our address. Only the destination
+                    // itself decides where this goes.
+                    debug!(%dst, named = %addr, "the pod a locate answer named did not confirm it");
+                    self.remember_virtual(dst, Virtual::Through);
+                    return self.through(dst, pins, handshake_timeout, probe).await;
                 }
                 StreamError::Misdirected | StreamError::NotLocated => {
                     self.forget(addr.ip(), conn.id).await;
@@ -399,7 +428,7 @@ async fn stream(
         .method(Method::CONNECT)
         .uri(dst.to_string());
     if let Some(token) = token {
-        req = req.header(LOCATED_HEADER, format!("{token:032x}"));
+        req = req.header(LOCATED_HEADER, locate::token_header(token));
     }
     let req = req
         .body(Empty::<Bytes>::new())

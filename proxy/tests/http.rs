@@ -341,3 +341,47 @@ async fn a_plaintext_caller_that_trickles_its_request_head_is_cut_off() {
         started.elapsed()
     );
 }
+
+#[tokio::test]
+async fn a_kept_alive_connection_idle_past_http_idle_is_closed_between_requests() {
+    let app = upgrading_app().await;
+    let ca = Ca::new(TD, DAY).unwrap();
+    let f = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(
+        f.path(),
+        format!(
+            "timeouts: {{drain: 1s, http_idle: 1s}}\ninbound:\n  mode: permissive\n  policy:\n    - ports: [{}]\n      from: [\"*\"]\n      http: [{{methods: [GET]}}]\n",
+            app.port()
+        ),
+    )
+    .unwrap();
+    let cfg = meshlet_proxy::config::Config::load(
+        Some(f.path()),
+        &[] as &[meshlet_proxy::config::Override],
+    )
+    .unwrap();
+    let server = proxy(
+        cfg,
+        store(&ca, &leaf(&ca, "/ns/default/sa/echo", |_| {})),
+        app,
+        app,
+    )
+    .await;
+    let mut s = TcpStream::connect(server.inbound_addrs[0]).await.unwrap();
+    s.write_all(b"GET /a HTTP/1.1\r\nHost: app\r\n\r\n")
+        .await
+        .unwrap();
+    let (head, _) = read_response(&mut s).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+
+    let started = std::time::Instant::now();
+    let mut buf = [0u8; 16];
+    let closed = tokio::time::timeout(std::time::Duration::from_secs(5), s.read(&mut buf)).await;
+
+    assert!(matches!(closed, Ok(Ok(0))), "closed quietly: {closed:?}");
+    assert!(
+        started.elapsed() >= std::time::Duration::from_millis(800),
+        "not before http_idle: {:?}",
+        started.elapsed()
+    );
+}
