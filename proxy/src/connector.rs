@@ -25,6 +25,7 @@ use tokio_rustls::TlsConnector;
 
 use crate::bulk::BulkRule;
 use crate::config::Transport;
+use crate::mesh_port::Answered;
 use crate::metrics::Metrics;
 use crate::metrics::OUTBOUND;
 use crate::pool::Pool;
@@ -146,13 +147,14 @@ pub struct Dialer {
 impl Dialer {
     /// Connects to `dst` and completes an mTLS handshake with the meshlet proxy there. With
     /// `probe`, a certificate failure is reported only once the server has shown meshlet's ALPN
-    /// (see [`crate::tls::TlsConfigs::probe`]), so that `auto` can tell the two apart.
+    /// (see [`crate::tls::TlsConfigs::probe`]), so that `auto` can tell the two apart, and a
+    /// completed handshake is recorded in it.
     pub async fn connect_tls(
         &self,
         dst: SocketAddr,
         config: Arc<ClientConfig>,
         handshake_timeout: Duration,
-        probe: bool,
+        probe: Option<&Answered>,
     ) -> Result<MeshConn, ConnectError> {
         connect_tls(self, dst, config, handshake_timeout, probe).await
     }
@@ -163,7 +165,7 @@ impl Dialer {
         dst: SocketAddr,
         pins: Option<&[SpiffeId]>,
         handshake_timeout: Duration,
-        probe: bool,
+        probe: Option<&Answered>,
     ) -> Result<(Upstream, SpiffeId), ConnectError> {
         // Boxed: the handshake's state is large and short-lived; inline, it would size the task
         // of every outbound connection for its whole life.
@@ -180,9 +182,9 @@ async fn connect_tls(
     dst: SocketAddr,
     config: Arc<ClientConfig>,
     handshake_timeout: Duration,
-    probe: bool,
+    probe: Option<&Answered>,
 ) -> Result<MeshConn, ConnectError> {
-    let (config, verdict) = if probe {
+    let (config, verdict) = if probe.is_some() {
         let (config, verdict) = dialer.tls.probe(&config);
         (config, Some(verdict))
     } else {
@@ -210,6 +212,9 @@ async fn connect_tls(
         }
         Ok(Ok(s)) => s,
     };
+    if let Some(answered) = probe {
+        answered.set();
+    }
     let conn = stream.get_ref().1;
     let mux = match conn.alpn_protocol() {
         Some(p) if p == ALPN_MUX => true,
@@ -312,7 +317,7 @@ impl Connector {
         dst: SocketAddr,
         pins: Option<&[SpiffeId]>,
         handshake_timeout: Duration,
-        probe: bool,
+        probe: Option<&Answered>,
     ) -> Result<(Upstream, SpiffeId), ConnectError> {
         match self.transport {
             Transport::Pooled if !self.bulk.is_bulk(dst) => {

@@ -13,6 +13,7 @@
 use std::io::{self, IoSliceMut};
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use nix::errno::Errno;
@@ -28,6 +29,23 @@ pub enum Answer {
     Listening,
     /// No answer in time, an ICMP refusal, or another error: nothing learned.
     Unknown,
+}
+
+/// Whether the destination of an `auto` probe has answered as meshlet would (a completed TLS
+/// handshake, a live pooled connection to it, a locate answer), set by the connector as the
+/// attempt goes. A destination that has answered is not silent: a slow stream or a slow
+/// located pod after that must never be taken for "no proxy" and sent plaintext.
+#[derive(Debug, Default)]
+pub struct Answered(AtomicBool);
+
+impl Answered {
+    pub fn set(&self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+
+    pub fn get(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
 }
 
 /// Asks `ip` whether it has a listener on `port` (meshlet's inbound port), within `timeout`.

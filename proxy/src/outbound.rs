@@ -74,7 +74,7 @@ async fn serve(
             let timeout = outbound.timeouts.handshake;
             let (mut upstream, id) = outbound
                 .connector
-                .open_mesh(dst, route.identities.as_deref(), timeout, false)
+                .open_mesh(dst, route.identities.as_deref(), timeout, None)
                 .await
                 .map_err(|e| {
                     refusal(
@@ -97,13 +97,16 @@ async fn serve(
             // not speak meshlet can be told from a meshlet peer we must not trust.
             let proven = outbound.routes.known_mesh(dst);
             let timeout = outbound.auto_detect_timeout;
-            let attempt = outbound.connector.open_mesh(dst, None, timeout, !proven);
             let result = if proven {
-                attempt.await
+                outbound.connector.open_mesh(dst, None, timeout, None).await
             } else {
+                let answered = mesh_port::Answered::default();
+                let attempt = outbound
+                    .connector
+                    .open_mesh(dst, None, timeout, Some(&answered));
                 // Boxed: only a destination's first connections take this path; inline, its
                 // state would size every outbound connection's task.
-                match Box::pin(unless_no_proxy(outbound, dst, attempt)).await {
+                match Box::pin(unless_no_proxy(outbound, dst, &answered, attempt)).await {
                     Some(result) => result,
                     None => {
                         info!(%peer, %dst, port = outbound.mesh_port, "auto: destination silent to TLS and its address resets meshlet's port, so no meshlet proxy is there; falling back to plaintext");
@@ -150,10 +153,12 @@ async fn serve(
 const ASK_AFTER: std::time::Duration = std::time::Duration::from_millis(20);
 
 /// The mTLS attempt's result, or `None` when the destination stayed silent and its address
-/// answered meshlet's port with a TCP reset: no meshlet proxy is there (`mesh_port`).
+/// answered meshlet's port with a TCP reset: no meshlet proxy is there (`mesh_port`). A
+/// destination that has `answered` as meshlet would is not silent, however slow the rest.
 async fn unless_no_proxy<F>(
     outbound: &Outbound,
     dst: SocketAddr,
+    answered: &mesh_port::Answered,
     attempt: F,
 ) -> Option<Result<(connector::Upstream, meshlet_identity::SpiffeId), ConnectError>>
 where
@@ -166,11 +171,15 @@ where
         result = &mut attempt => return Some(result),
         _ = tokio::time::sleep(ASK_AFTER) => {}
     }
+    if answered.get() {
+        return Some(attempt.await);
+    }
     let ask = mesh_port::ask(dst.ip(), outbound.mesh_port, outbound.timeouts.connect);
     tokio::select! {
         result = &mut attempt => Some(result),
         answer = ask => match answer {
-            mesh_port::Answer::NoProxy => None,
+            mesh_port::Answer::NoProxy if !answered.get() => None,
+            mesh_port::Answer::NoProxy => Some(attempt.await),
             mesh_port::Answer::Listening | mesh_port::Answer::Unknown => Some(attempt.await),
         },
     }

@@ -33,6 +33,7 @@ use tracing::{debug, info};
 use crate::connector::{check_pins, ConnectError, Dialer, Upstream};
 use crate::expiring::ExpiringMap;
 use crate::locate;
+use crate::mesh_port::Answered;
 use crate::metrics::OUTBOUND;
 use crate::mux_wire::{
     CONNECTION_WINDOW, LOCATED_HEADER, MAX_FRAME, NOT_LOCATED_HEADER, RETRY_HEADER, SEND_BUF,
@@ -172,7 +173,7 @@ impl Pool {
         dst: SocketAddr,
         pins: Option<&[SpiffeId]>,
         handshake_timeout: Duration,
-        probe: bool,
+        probe: Option<&Answered>,
     ) -> Result<(Upstream, SpiffeId), ConnectError> {
         self.dialer
             .own_connection(dst, pins, handshake_timeout, probe)
@@ -187,7 +188,7 @@ impl Pool {
         dst: SocketAddr,
         pins: Option<&[SpiffeId]>,
         handshake_timeout: Duration,
-        probe: bool,
+        probe: Option<&Answered>,
     ) -> Result<(Upstream, SpiffeId), ConnectError> {
         if self.peer_lacks_mux(dst.ip()) {
             return self.through(dst, pins, handshake_timeout, probe).await;
@@ -208,6 +209,10 @@ impl Pool {
                 Target::Located(answer) => (answer.pod, Some(answer.token)),
                 Target::ToLocate => match self.locate(dst).await {
                     Some(answer) => {
+                        // Only meshlet answers a locate request.
+                        if let Some(answered) = probe {
+                            answered.set();
+                        }
                         target = Target::Located(answer);
                         (answer.pod, Some(answer.token))
                     }
@@ -322,13 +327,17 @@ impl Pool {
         &self,
         dst: SocketAddr,
         handshake_timeout: Duration,
-        probe: bool,
+        probe: Option<&Answered>,
     ) -> Result<Dialed, ConnectError> {
         let slot = self.slot(dst.ip());
         let mut guard = slot.lock().await;
         let generation = self.dialer.store.generation();
         if let Some(conn) = guard.as_ref() {
             if conn.usable(generation) {
+                // An authenticated meshlet peer at this address: not silent.
+                if let Some(answered) = probe {
+                    answered.set();
+                }
                 return Ok(Dialed::Pooled(conn.clone()));
             }
         }
@@ -348,7 +357,7 @@ impl Pool {
         dst: SocketAddr,
         handshake_timeout: Duration,
         generation: u64,
-        probe: bool,
+        probe: Option<&Answered>,
     ) -> Result<Dialed, ConnectError> {
         let conn = self
             .dialer

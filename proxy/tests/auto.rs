@@ -322,3 +322,84 @@ async fn a_silent_server_at_an_address_without_a_meshlet_proxy_gets_plaintext_at
     }
     assert_metric(&client, "meshlet_outbound_auto_fallbacks_total", 1.0).await;
 }
+
+/// A meshlet peer (a valid SVID, the pooled transport's ALPN) that takes `delay` to answer each
+/// stream, as a loaded peer does, then echoes; it counts connections that do not start with a
+/// TLS record (plaintext).
+async fn slow_to_open_streams(ca: &Ca, delay: std::time::Duration) -> (SocketAddr, Arc<AtomicU8>) {
+    use hyper::{Request, Response};
+    let svid = leaf(ca, "/ns/default/sa/echo", |_| {});
+    let certs = meshlet_identity::source::parse_certs(svid.cert.as_bytes()).unwrap();
+    let key = rustls_pki_types::PrivateKeyDer::from_pem_slice(svid.key.as_bytes()).unwrap();
+    let mut server_config = rustls::ServerConfig::builder_with_provider(crypto_provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .unwrap();
+    server_config.alpn_protocols = vec![b"meshlet-mux/1".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server_config));
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let plaintext = Arc::new(AtomicU8::new(0));
+    let count = plaintext.clone();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            let (acceptor, count) = (acceptor.clone(), count.clone());
+            tokio::spawn(async move {
+                let mut first = [0u8; 1];
+                if s.peek(&mut first).await.is_err() || first[0] != 0x16 {
+                    count.fetch_add(1, Ordering::SeqCst);
+                    return;
+                }
+                let Ok(tls) = acceptor.accept(s).await else {
+                    return;
+                };
+                let service = hyper::service::service_fn(move |mut req: Request<_>| async move {
+                    let upgrade = hyper::upgrade::on(&mut req);
+                    tokio::spawn(async move {
+                        if let Ok(io) = upgrade.await {
+                            let (mut r, mut w) = tokio::io::split(hyper_util::rt::TokioIo::new(io));
+                            let _ = tokio::io::copy(&mut r, &mut w).await;
+                            let _ = w.shutdown().await;
+                        }
+                    });
+                    tokio::time::sleep(delay).await;
+                    Ok::<_, std::convert::Infallible>(Response::new(http_body_util::Empty::<
+                        bytes::Bytes,
+                    >::new()))
+                });
+                let _ =
+                    hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                        .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+                        .await;
+            });
+        }
+    });
+    (addr, plaintext)
+}
+
+#[tokio::test]
+async fn a_destination_that_completed_the_handshake_is_never_sent_plaintext_however_slow_its_stream(
+) {
+    let ca = Ca::new(TD, DAY).unwrap();
+    let (peer, plaintext) = slow_to_open_streams(&ca, std::time::Duration::from_millis(300)).await;
+    // Nothing listens on meshlet's inbound port at the peer's address: asked, it resets.
+    let no_proxy_port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let client = proxy_for(
+        &ca,
+        "/ns/default/sa/pod-worker",
+        &format!("inbound: {{port: {no_proxy_port}}}\noutbound: {{mtls: auto}}"),
+        peer,
+    )
+    .await;
+
+    let got = roundtrip(client.outbound_addrs[0], b"TOP-SECRET-PAYLOAD").await;
+
+    assert_eq!(plaintext.load(Ordering::SeqCst), 0, "plaintext was sent");
+    assert_eq!(got.unwrap(), b"TOP-SECRET-PAYLOAD", "carried over mTLS");
+    assert_metric(&client, "meshlet_outbound_auto_fallbacks_total", 0.0).await;
+}
