@@ -217,6 +217,17 @@ fn injecting_twice_changes_nothing_and_uninject_removes_exactly_what_was_added()
 }
 
 #[test]
+fn uninject_leaves_fields_the_pod_had_empty_as_they_were() {
+    let input = "apiVersion: v1\nkind: Pod\nmetadata:\n  name: p\n  annotations: {}\nspec:\n  initContainers: []\n  volumes: []\n  containers: [{name: a, image: b}]\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: q}\nspec:\n  containers: [{name: a, image: b}]\n";
+
+    let once = inject(&[], input);
+    let back = inject(&["--uninject"], &once);
+
+    assert_eq!(docs(&back), docs(input), "{back}");
+    assert_eq!(inject(&[], &once), once, "injecting again changes nothing");
+}
+
+#[test]
 fn a_bad_annotation_fails_the_run_naming_it_and_nothing_is_written() {
     let input = "apiVersion: v1\nkind: Pod\nmetadata:\n  name: p\n  annotations:\n    meshlet.io/exclude-inbound-ports: http\nspec:\n  containers: [{name: a, image: b}]\n";
     let (out, err, code) = meshlet_with_input(&["inject"], input);

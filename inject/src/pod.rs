@@ -33,6 +33,48 @@ fn marker() -> String {
     format!("{PREFIX}{INJECTED_KEY}")
 }
 
+/// The fields injection fills that a pod may already have, empty (`annotations: {}`,
+/// `initContainers: []`, `volumes: []`). Those it found empty are named in the mark, so that
+/// `--uninject` leaves them as they were instead of removing them.
+const FILLED: [&str; 3] = ["annotations", "initContainers", "volumes"];
+
+/// How the mark says which fields were there, empty: `0.1.0 (kept empty: annotations, volumes)`.
+const KEPT_EMPTY: &str = " (kept empty: ";
+
+/// The fields among [`FILLED`] that the pod has, empty.
+fn empty_before(meta: &Value, spec: &Value) -> Vec<&'static str> {
+    FILLED
+        .into_iter()
+        .filter(|f| {
+            let v = if *f == "annotations" {
+                meta.get(f)
+            } else {
+                spec.get(f)
+            };
+            v.is_some_and(|v| {
+                v.as_array().is_some_and(|a| a.is_empty())
+                    || v.as_object().is_some_and(|o| o.is_empty())
+            })
+        })
+        .collect()
+}
+
+/// The fields the mark on an injected pod names as found empty.
+fn kept_empty(meta: &Value) -> Vec<String> {
+    meta.get("annotations")
+        .and_then(|a| a.get(marker()))
+        .and_then(Value::as_str)
+        .and_then(|v| v.split_once(KEPT_EMPTY))
+        .map(|(_, fields)| {
+            fields
+                .trim_end_matches(')')
+                .split(", ")
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// The pod's annotations; every value must be a string, as the API server requires.
 pub fn annotations(meta: &Value) -> Result<BTreeMap<String, String>, InjectError> {
     let Some(map) = meta.get("annotations") else {
@@ -109,6 +151,7 @@ pub fn inject(
     if injected_before {
         uninject(meta, spec);
     }
+    let empty = empty_before(meta, spec);
 
     let mut warnings = Vec::new();
     if let Some(image) = &settings.ignored_image {
@@ -144,7 +187,7 @@ pub fn inject(
     with_list(obj, "volumes", |l| {
         l.extend(sidecar::volumes(&settings, &service_account))
     });
-    set_marker(meta)?;
+    set_marker(meta, &empty)?;
     Ok(Outcome::Injected { warnings })
 }
 
@@ -154,6 +197,8 @@ pub fn uninject(meta: &mut Value, spec: &mut Value) -> bool {
         return false;
     }
     let entries = app_probe_entries(spec);
+    let kept = kept_empty(meta);
+    let keep = |field: &str| kept.iter().any(|k| k == field);
     let Some(obj) = spec.as_object_mut() else {
         return false;
     };
@@ -164,7 +209,7 @@ pub fn uninject(meta: &mut Value, spec: &mut Value) -> bool {
     ] {
         if let Some(items) = obj.get_mut(field).and_then(Value::as_array_mut) {
             items.retain(|c| !names.contains(&c.get("name").and_then(Value::as_str).unwrap_or("")));
-            if items.is_empty() && field != "containers" {
+            if items.is_empty() && field != "containers" && !keep(field) {
                 obj.shift_remove(field);
             }
         }
@@ -174,7 +219,7 @@ pub fn uninject(meta: &mut Value, spec: &mut Value) -> bool {
     }
     if let Some(notes) = meta.get_mut("annotations").and_then(Value::as_object_mut) {
         notes.shift_remove(&marker());
-        if notes.is_empty() {
+        if notes.is_empty() && !keep("annotations") {
             if let Some(m) = meta.as_object_mut() {
                 m.shift_remove("annotations");
             }
@@ -254,7 +299,7 @@ fn with_list(obj: &mut Map<String, Value>, key: &str, f: impl FnOnce(&mut Vec<Va
     }
 }
 
-fn set_marker(meta: &mut Value) -> Result<(), InjectError> {
+fn set_marker(meta: &mut Value, empty_before: &[&str]) -> Result<(), InjectError> {
     if meta.is_null() {
         *meta = Value::Object(Map::new());
     }
@@ -270,6 +315,10 @@ fn set_marker(meta: &mut Value) -> Result<(), InjectError> {
     let notes = notes
         .as_object_mut()
         .ok_or_else(|| InjectError::Malformed("metadata.annotations is not a map".into()))?;
-    notes.insert(marker(), Value::String(env!("CARGO_PKG_VERSION").into()));
+    let mut mark = env!("CARGO_PKG_VERSION").to_owned();
+    if !empty_before.is_empty() {
+        mark = format!("{mark}{KEPT_EMPTY}{})", empty_before.join(", "));
+    }
+    notes.insert(marker(), Value::String(mark));
     Ok(())
 }
