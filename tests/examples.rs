@@ -70,6 +70,64 @@ fn the_injected_examples_are_what_meshlet_inject_makes() {
     }
 }
 
+/// Every `image:` anywhere in the document, with where it is.
+fn images(v: &Value, at: String, out: &mut Vec<(String, String)>) {
+    match v {
+        Value::Object(m) => {
+            for (k, v) in m {
+                match (k.as_str(), v.as_str()) {
+                    ("image", Some(image)) => out.push((at.clone(), image.to_owned())),
+                    _ => images(v, format!("{at}.{k}"), out),
+                }
+            }
+        }
+        Value::Array(l) => {
+            for (i, v) in l.iter().enumerate() {
+                images(v, format!("{at}[{i}]"), out);
+            }
+        }
+        _ => {}
+    }
+}
+
+#[test]
+fn every_meshlet_image_the_project_ships_is_the_one_inject_uses() {
+    // The injector's default image, as it writes it.
+    let pod = "apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec:\n  containers: [{name: a, image: b}]\n";
+    let (out, err, code) = meshlet_with_input(&["inject", "-"], pod);
+    assert_eq!(code, 0, "{err}");
+    let mut injected = Vec::new();
+    images(
+        &meshlet_inject::manifest::parse(&out).unwrap()[0],
+        String::new(),
+        &mut injected,
+    );
+    let default = injected
+        .iter()
+        .find(|(_, i)| i.starts_with("meshlet:"))
+        .map(|(_, i)| i.clone())
+        .unwrap();
+
+    let mut other = Vec::new();
+    for file in yaml_files(&["examples/kubernetes", "deploy"]) {
+        for (n, doc) in docs(&file).iter().enumerate() {
+            let mut found = Vec::new();
+            images(doc, String::new(), &mut found);
+            other.extend(
+                found
+                    .into_iter()
+                    .filter(|(_, i)| i.starts_with("meshlet") && *i != default)
+                    .map(|(at, i)| format!("{} document {n} {at}: {i}", file.display())),
+            );
+        }
+    }
+    assert!(
+        other.is_empty(),
+        "images that are not inject's default {default}:\n{}",
+        other.join("\n")
+    );
+}
+
 #[test]
 fn the_hand_meshed_pod_is_left_alone_by_inject() {
     let file = root().join("examples/kubernetes/app-pod.yaml");
