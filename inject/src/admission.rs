@@ -12,6 +12,7 @@ use serde_json::{json, Value};
 
 use crate::pod::{self, Outcome};
 use crate::settings::{self, Settings, PREFIX};
+use crate::sidecar;
 
 /// Which webhook called.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -113,10 +114,18 @@ fn decide(req: &Value, entry: Entry, defaults: &Settings) -> (Option<Vec<u8>>, V
         Ok(Outcome::Injected { warnings }) => {
             obj.insert("metadata".into(), meta);
             let patch = json_patch::diff(original, &pod);
-            let warnings = warnings
+            let mut warnings: Vec<String> = warnings
                 .into_iter()
                 .map(|w| format!("meshlet: {w}"))
                 .collect();
+            // The webhook cannot see Secrets (it is given no access to them), so it says what
+            // the pod needs: without it the pod waits at Init, and only the kubelet's event
+            // names the Secret.
+            if let Some(secret) = identity_secret(&pod) {
+                warnings.push(format!(
+                    "meshlet: the sidecar's identity is the Secret {secret} in namespace {namespace} (tls.crt, tls.key, ca.crt); until it exists the Pod waits at Init: create it with meshlet cert issue and kubectl create secret generic"
+                ));
+            }
             match serde_json::to_vec(&patch) {
                 Ok(bytes) => (Some(bytes), warnings),
                 Err(e) => skip(format!("cannot serialize the patch: {e}")),
@@ -127,6 +136,18 @@ fn decide(req: &Value, entry: Entry, defaults: &Settings) -> (Option<Vec<u8>>, V
             "{e} (fix the {PREFIX} annotations and recreate the Pod)"
         )),
     }
+}
+
+/// The Secret an injected pod's identity volume reads, if it is one.
+fn identity_secret(pod: &Value) -> Option<&str> {
+    pod.get("spec")?
+        .get("volumes")?
+        .as_array()?
+        .iter()
+        .find(|v| v.get("name").and_then(Value::as_str) == Some(sidecar::IDENTITY_VOLUME))?
+        .get("secret")?
+        .get("secretName")?
+        .as_str()
 }
 
 #[cfg(test)]
@@ -242,11 +263,40 @@ mod tests {
     }
 
     #[test]
+    fn admission_names_the_identity_secret_the_pod_waits_for() {
+        let req = request("shop", pod(json!({}), false));
+
+        let (_, warnings) = answer(Entry::Namespace, &req);
+
+        let note = warnings
+            .iter()
+            .find(|w| w.contains("Secret echo-svid"))
+            .unwrap_or_else(|| panic!("no note on the identity Secret: {warnings:?}"));
+        assert!(
+            note.contains("namespace shop") && note.contains("meshlet cert issue"),
+            "{note}"
+        );
+        // The API server may cut longer warnings.
+        assert!(note.len() <= 256, "{} characters: {note}", note.len());
+        // A pod whose identity comes from a CSI driver waits for no Secret.
+        let csi = request(
+            "shop",
+            pod(json!({"meshlet.io/identity": "csi-spiffe"}), false),
+        );
+        let (patched, warnings) = answer(Entry::Namespace, &csi);
+        assert!(patched.is_some());
+        assert!(warnings.is_empty(), "{warnings:?}");
+    }
+
+    #[test]
     fn a_pod_of_an_opted_in_namespace_is_patched_into_what_inject_makes() {
         let req = request("default", pod(json!({}), false));
         let (patched, warnings) = answer(Entry::Namespace, &req);
         let patched = patched.expect("a patch");
-        assert!(warnings.is_empty(), "{warnings:?}");
+        assert!(
+            warnings.len() == 1 && warnings[0].contains("Secret echo-svid"),
+            "only the note on the identity Secret: {warnings:?}"
+        );
         let mut expected = req["request"]["object"].clone();
         let mut meta = expected["metadata"].clone();
         pod::inject(&mut meta, &mut expected["spec"], &defaults()).unwrap();
