@@ -1,10 +1,10 @@
 //! The admin server: `/live`, `/ready`, `/metrics`, `POST /shutdown` (loopback callers only),
 //! and `/app-health/<container>/<kind>`: the app's kubelet probes, run by the proxy (`app_probe`).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::convert::Infallible;
-use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, Mutex};
+use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use bytes::Bytes;
@@ -17,6 +17,7 @@ use tracing::{debug, info};
 
 use meshlet_identity::IdentityStore;
 
+use crate::admin_slots::{Slots, MAX_CONNECTIONS, MAX_PER_PEER};
 use crate::app_probe::AppProbe;
 use crate::lifecycle::Lifecycle;
 use crate::metrics::Metrics;
@@ -30,73 +31,22 @@ pub struct Admin {
     pub app_probes: BTreeMap<String, AppProbe>,
 }
 
-/// Admin connections open at once. Beyond this a new one is closed at once: the admin port
-/// answers probes and scrapes, and a flood of idle connections to it must not take the file
-/// descriptors the data plane needs.
-pub const MAX_CONNECTIONS: usize = 256;
-
-/// Admin connections one address may hold at once. The port is reachable from every pod (the
-/// kubelet must reach it), so without this one pod holding the slots would fail every probe of
-/// this pod — and the kubelet would restart its app. A kubelet probes over one connection at a
-/// time per probe; a scraper over one.
-pub const MAX_PER_PEER: usize = 8;
-
-/// How many admin connections each address holds.
-#[derive(Default)]
-struct PerPeer(Mutex<HashMap<IpAddr, usize>>);
-
-/// A connection's place in [`PerPeer`], given back when it ends.
-struct PeerSlot {
-    peers: Arc<PerPeer>,
-    ip: IpAddr,
-}
-
-impl PerPeer {
-    fn take(self: &Arc<Self>, ip: IpAddr) -> Option<PeerSlot> {
-        let mut held = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        let n = held.entry(ip).or_default();
-        if *n >= MAX_PER_PEER {
-            return None;
-        }
-        *n += 1;
-        Some(PeerSlot {
-            peers: self.clone(),
-            ip,
-        })
-    }
-}
-
-impl Drop for PeerSlot {
-    fn drop(&mut self) {
-        let mut held = self.peers.0.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(n) = held.get_mut(&self.ip) {
-            *n -= 1;
-            if *n == 0 {
-                held.remove(&self.ip);
-            }
-        }
-    }
-}
-
 pub async fn serve(listener: TcpListener, admin: Arc<Admin>) {
-    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
-    let peers = Arc::new(PerPeer::default());
+    let slots = Slots::new(MAX_CONNECTIONS, MAX_PER_PEER);
     loop {
         let Ok((conn, peer)) = listener.accept().await else {
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
             continue;
         };
-        let Some(peer_slot) = peers.take(peer.ip()) else {
-            debug!(%peer, "admin connection refused: this address already holds {MAX_PER_PEER}");
-            continue;
-        };
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
-            debug!(%peer, "admin connection refused: {MAX_CONNECTIONS} already open");
-            continue;
+        let slot = match slots.take(peer.ip()) {
+            Ok(slot) => slot,
+            Err(refused) => {
+                debug!(%peer, reason = refused.reason(), "admin connection refused");
+                continue;
+            }
         };
         let admin = admin.clone();
         tokio::spawn(async move {
-            let _slots = (slot, peer_slot);
             let service = hyper::service::service_fn(|req| {
                 let admin = admin.clone();
                 async move { Ok::<_, Infallible>(route(&admin, peer, req).await) }
@@ -106,8 +56,13 @@ pub async fn serve(listener: TcpListener, admin: Arc<Admin>) {
                 // Also bounds how long an idle keep-alive connection holds its slot.
                 .header_read_timeout(std::time::Duration::from_secs(5))
                 .serve_connection(TokioIo::new(conn), service);
-            if let Err(e) = conn.await {
-                debug!(%peer, error = %e, "admin connection error");
+            tokio::select! {
+                done = conn => if let Err(e) = done {
+                    debug!(%peer, error = %e, "admin connection error");
+                },
+                _ = slot.evicted.notified() => {
+                    debug!(%peer, "admin connection closed: its slot went to an address holding fewer");
+                }
             }
         });
     }

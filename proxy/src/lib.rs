@@ -14,6 +14,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod admin_slots;
 pub mod app_probe;
 pub mod args;
 pub mod bulk;

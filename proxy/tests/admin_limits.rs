@@ -65,7 +65,7 @@ async fn a_flood_of_idle_admin_connections_is_capped_and_the_data_plane_goes_on(
     let admin = server.admin_addr.unwrap();
     // Many addresses, a few connections each, up to the cap.
     let mut held = Vec::new();
-    for i in 0..meshlet_proxy::admin::MAX_CONNECTIONS {
+    for i in 0..meshlet_proxy::admin_slots::MAX_CONNECTIONS {
         let from = [127, 1, (i / 4) as u8, 1 + (i % 4) as u8];
         held.push(connect_from(from, admin).await);
     }
@@ -84,6 +84,38 @@ async fn a_flood_of_idle_admin_connections_is_capped_and_the_data_plane_goes_on(
             .await
             .unwrap(),
         b"still serving"
+    );
+    drop(held);
+}
+
+#[tokio::test]
+async fn dozens_of_addresses_each_holding_its_share_cannot_fail_the_kubelets_probes() {
+    let ca = Ca::new(TD, DAY).unwrap();
+    let echo = echo().await;
+    let server = proxy_for(&ca, "/s", "inbound: {mode: permissive}", echo.addr).await;
+    let admin = server.admin_addr.unwrap();
+    // 40 attacking pods, each holding as many as one address may (320 > every slot).
+    let attackers: Vec<[u8; 4]> = (0..40).map(|i| [127, 3, 0, 1 + i]).collect();
+    let mut held = Vec::new();
+    for from in &attackers {
+        for _ in 0..meshlet_proxy::admin_slots::MAX_PER_PEER {
+            held.push(connect_from(*from, admin).await);
+        }
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+
+    let mut statuses = Vec::new();
+    for _ in 0..20 {
+        statuses.push(status_of(connect_from([127, 0, 0, 1], admin).await, "/ready").await);
+        // The attackers reopen what was closed.
+        for from in &attackers {
+            held.push(connect_from(*from, admin).await);
+        }
+    }
+
+    assert!(
+        statuses.iter().all(|s| s == "HTTP/1.1 200 OK"),
+        "the kubelet's probes pass during the flood: {statuses:?}"
     );
     drop(held);
 }
