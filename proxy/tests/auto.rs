@@ -288,22 +288,27 @@ async fn waits_for_a_whole_line() -> SocketAddr {
     addr
 }
 
-#[tokio::test]
-async fn a_silent_server_at_an_address_without_a_meshlet_proxy_gets_plaintext_at_once() {
-    let ca = Ca::new(TD, DAY).unwrap();
-    let server = waits_for_a_whole_line().await;
-    // Nothing listens on meshlet's inbound port at the server's address: the kernel resets.
+/// A client proxy with `outbound` whose meshlet port (`inbound.port`) nobody listens on at
+/// `dst`'s address, so that asking it gets a TCP reset: "no meshlet proxy there".
+async fn client_where_no_proxy_listens(
+    ca: &Ca,
+    outbound: &str,
+    dst: SocketAddr,
+) -> meshlet_proxy::Running {
     let no_proxy_port = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap().port()
     };
-    let client = proxy_for(
-        &ca,
-        "/ns/default/sa/pod-worker",
-        &format!("inbound: {{port: {no_proxy_port}}}\noutbound: {{mtls: auto, auto_detect_timeout: 10s}}"),
-        server,
-    )
-    .await;
+    let yaml = format!("inbound: {{port: {no_proxy_port}}}\noutbound: {outbound}");
+    proxy_for(ca, "/ns/default/sa/pod-worker", &yaml, dst).await
+}
+
+#[tokio::test]
+async fn a_silent_server_at_an_address_without_a_meshlet_proxy_gets_plaintext_at_once() {
+    let ca = Ca::new(TD, DAY).unwrap();
+    let server = waits_for_a_whole_line().await;
+    let client =
+        client_where_no_proxy_listens(&ca, "{mtls: auto, auto_detect_timeout: 10s}", server).await;
 
     for _ in 0..2 {
         let started = std::time::Instant::now();
@@ -384,18 +389,7 @@ async fn a_destination_that_completed_the_handshake_is_never_sent_plaintext_howe
 ) {
     let ca = Ca::new(TD, DAY).unwrap();
     let (peer, plaintext) = slow_to_open_streams(&ca, std::time::Duration::from_millis(300)).await;
-    // Nothing listens on meshlet's inbound port at the peer's address: asked, it resets.
-    let no_proxy_port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
-    let client = proxy_for(
-        &ca,
-        "/ns/default/sa/pod-worker",
-        &format!("inbound: {{port: {no_proxy_port}}}\noutbound: {{mtls: auto}}"),
-        peer,
-    )
-    .await;
+    let client = client_where_no_proxy_listens(&ca, "{mtls: auto}", peer).await;
 
     let got = roundtrip(client.outbound_addrs[0], b"TOP-SECRET-PAYLOAD").await;
 
