@@ -348,8 +348,8 @@ def start_pair(kind, procs, d, meshlet, topo):
             procs.start(name, ["setpriv", "--reuid=1337", "--regid=1337", "--clear-groups",
                                meshlet, "proxy", "--config", meshlet_conf(d, who, transport)], netns=netns)
             names.append(name)
-        for netns in [CLIENT] + [netns for _, netns, _ in servers]:
-            wait_ready(netns)
+        for name, netns in zip(names, [CLIENT] + [netns for _, netns, _ in servers]):
+            wait_ready(procs, name, netns)
         return f"{topo.host}:{topo.app_port}", topo.host, 5201, names
     haproxy_confs(d, topo.host)
     nginx_stream_confs(d, topo.host)
@@ -376,14 +376,18 @@ def stop_pair(procs, names):
     procs.stop(names)
 
 
-def wait_ready(netns):
-    deadline = time.time() + 10
+def wait_ready(procs, name, netns):
+    """Waits for the proxy `name` in `netns` to answer /ready; says why when it does not."""
+    deadline = time.time() + 30
+    log = os.path.join(procs.logdir, f"{name}.log")
     while time.time() < deadline:
+        if procs.procs[name].poll() is not None:
+            raise RuntimeError(f"{name} in {netns} exited: {open(log).read()[-2000:]}")
         r = ns(netns, "bash", "-c", "exec 3<>/dev/tcp/127.0.0.1/15021 && printf 'GET /ready HTTP/1.0\\r\\n\\r\\n' >&3 && head -c 12 <&3", check=False)
         if "200" in r.stdout:
             return
         time.sleep(0.05)
-    raise RuntimeError(f"meshlet proxy in {netns} not ready")
+    raise RuntimeError(f"{name} in {netns} not ready after 30 s: {open(log).read()[-2000:]}")
 
 
 def ms(text):
