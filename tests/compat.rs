@@ -96,6 +96,7 @@ const TOOLS: &[&str] = &[
     "h2load",
     "curl",
     "setpriv",
+    "openssl",
 ];
 
 fn postgres_bin() -> Option<PathBuf> {
@@ -197,6 +198,27 @@ fn templates(pg: &Path) -> Templates {
     let mut rules = std::fs::read_to_string(&hba).unwrap();
     rules.push_str("host all all 0.0.0.0/0 trust\n");
     std::fs::write(&hba, rules).unwrap();
+    // A certificate of its own, so that clients can ask for TLS (sslmode=require): the app's
+    // TLS then travels inside meshlet's, or, from an unmeshed caller, past a permissive pod.
+    sh(Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256"])
+        .args(["-nodes", "-days", "2", "-subj", "/CN=postgres.compat.invalid", "-keyout"])
+        .arg(postgres.join("server.key"))
+        .arg("-out")
+        .arg(postgres.join("server.crt")));
+    sh(Command::new("chown")
+        .arg("postgres:postgres")
+        .arg(postgres.join("server.key"))
+        .arg(postgres.join("server.crt")));
+    std::fs::set_permissions(
+        postgres.join("server.key"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
+    let conf = postgres.join("postgresql.conf");
+    let mut settings = std::fs::read_to_string(&conf).unwrap();
+    settings.push_str("ssl = on\n");
+    std::fs::write(&conf, settings).unwrap();
     let www = dir.path().join("www");
     std::fs::create_dir(&www).unwrap();
     std::fs::write(www.join("small"), "hello\n").unwrap();
@@ -451,8 +473,8 @@ fn exercise(mesh: &Mesh, client_pod: &Pod, server: Ipv4Addr, py: &Path) -> Vec<C
         client(
             mesh,
             client_pod,
-            "psql: sslmode disable and prefer, 10 MB COPY",
-            &format!("psql 'host={s} user=postgres sslmode=disable' -Atc 'select 1+1' && psql 'host={s} user=postgres sslmode=prefer' -Atc 'select 2+2' && psql 'host={s} user=postgres sslmode=disable' -Atc \"COPY (SELECT repeat('x', 1000) FROM generate_series(1, 10000)) TO STDOUT\" | wc -c"),
+            "psql: sslmode disable, prefer and require, 10 MB COPY",
+            &format!("psql 'host={s} user=postgres sslmode=disable' -Atc 'select 1+1' && psql 'host={s} user=postgres sslmode=prefer' -Atc 'select ssl from pg_stat_ssl where pid = pg_backend_pid()' && psql 'host={s} user=postgres sslmode=require' -Atc 'select version from pg_stat_ssl where pid = pg_backend_pid()' && psql 'host={s} user=postgres sslmode=disable' -Atc \"COPY (SELECT repeat('x', 1000) FROM generate_series(1, 10000)) TO STDOUT\" | wc -c"),
             same,
         ),
     ]
