@@ -239,45 +239,27 @@ async fn handle(
             "shutting down\n".into(),
         );
     };
-    let review: serde_json::Value = match serde_json::from_slice(&body) {
-        Ok(v) => v,
-        Err(e) => {
-            return reply(
-                StatusCode::BAD_REQUEST,
-                "text/plain",
-                format!("not JSON: {e}\n"),
-            )
-        }
+    let review = match admission::Review::parse(&body) {
+        Ok(review) => review,
+        Err(e) => return reply(StatusCode::BAD_REQUEST, "text/plain", format!("{e}\n")),
     };
-    match admission::review(&review, entry, settings) {
-        Ok(answer) => {
-            // One line per decision, naming the pod as the request does (a Deployment's pods
-            // have only a generateName at CREATE) and the request's uid.
-            let req = &review["request"];
-            let meta = &req["object"]["metadata"];
-            let field = |v: &serde_json::Value| v.as_str().unwrap_or("").to_owned();
-            let (namespace, name, generate_name, uid) = (
-                field(&req["namespace"]),
-                field(&meta["name"]),
-                field(&meta["generateName"]),
-                field(&req["uid"]),
-            );
-            let r = &answer["response"];
-            let path = match entry {
-                Entry::Namespace => "/inject",
-                Entry::Annotated => "/inject-annotated",
-            };
-            if r.get("patch").is_some() {
-                info!(%namespace, %name, %generate_name, %uid, %path, warnings = %r["warnings"], "sidecar injected");
-            } else if let Some(w) = r.get("warnings") {
-                info!(%namespace, %name, %generate_name, %uid, %path, warnings = %w, "sidecar not injected");
-            } else {
-                info!(%namespace, %name, %generate_name, %uid, %path, "left as it is (opted out, already injected, not a CREATE, or a system namespace)");
-            }
-            reply(StatusCode::OK, "application/json", answer.to_string())
-        }
-        Err(e) => reply(StatusCode::BAD_REQUEST, "text/plain", format!("{e}\n")),
+    let answer = admission::review(&review, entry, settings);
+    // One line per decision, naming the pod as the request does (a Deployment's pods have only
+    // a generateName at CREATE) and the request's uid.
+    let (namespace, name, generate_name, uid) = review.names();
+    let r = &answer["response"];
+    let path = match entry {
+        Entry::Namespace => "/inject",
+        Entry::Annotated => "/inject-annotated",
+    };
+    if r.get("patch").is_some() {
+        info!(%namespace, %name, %generate_name, %uid, %path, warnings = %r["warnings"], "sidecar injected");
+    } else if let Some(w) = r.get("warnings") {
+        info!(%namespace, %name, %generate_name, %uid, %path, warnings = %w, "sidecar not injected");
+    } else {
+        info!(%namespace, %name, %generate_name, %uid, %path, "left as it is (opted out, already injected, not a CREATE, or a system namespace)");
     }
+    reply(StatusCode::OK, "application/json", answer.to_string())
 }
 
 fn reply(status: StatusCode, content_type: &'static str, body: String) -> Response<Full<Bytes>> {

@@ -201,8 +201,22 @@ fn templates(pg: &Path) -> Templates {
     // A certificate of its own, so that clients can ask for TLS (sslmode=require): the app's
     // TLS then travels inside meshlet's, or, from an unmeshed caller, past a permissive pod.
     sh(Command::new("openssl")
-        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256"])
-        .args(["-nodes", "-days", "2", "-subj", "/CN=postgres.compat.invalid", "-keyout"])
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+        ])
+        .args([
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=postgres.compat.invalid",
+            "-keyout",
+        ])
         .arg(postgres.join("server.key"))
         .arg("-out")
         .arg(postgres.join("server.crt")));

@@ -8,6 +8,7 @@
 //! the webhook never blocks a Pod.
 
 use base64::Engine;
+use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::pod::{self, Outcome};
@@ -29,22 +30,74 @@ const NEVER: &[&str] = &["kube-system", "kube-public", "kube-node-lease"];
 #[error("not an AdmissionReview v1 request: {0}")]
 pub struct BadReview(String);
 
-/// The response to one AdmissionReview request.
-pub fn review(request: &Value, entry: Entry, defaults: &Settings) -> Result<Value, BadReview> {
-    if request.get("apiVersion").and_then(Value::as_str) != Some("admission.k8s.io/v1")
-        || request.get("kind").and_then(Value::as_str) != Some("AdmissionReview")
-    {
-        return Err(BadReview("apiVersion/kind".into()));
+/// An AdmissionReview v1 request: what the webhook reads of it, parsed from the body. Every
+/// other field (`oldObject`, `userInfo`, …) is skipped unread, so it costs no memory.
+#[derive(Debug)]
+pub struct Review(Request);
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Envelope {
+    api_version: String,
+    kind: String,
+    request: Option<Request>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Request {
+    uid: String,
+    kind: Option<ResourceKind>,
+    #[serde(default)]
+    namespace: String,
+    operation: Option<String>,
+    object: Option<Value>,
+}
+
+#[derive(Debug, Deserialize)]
+struct ResourceKind {
+    kind: String,
+}
+
+impl Review {
+    /// Parses a request body; anything but an AdmissionReview v1 request with a uid is refused.
+    pub fn parse(body: &[u8]) -> Result<Review, BadReview> {
+        let envelope: Envelope =
+            serde_json::from_slice(body).map_err(|e| BadReview(e.to_string()))?;
+        if envelope.api_version != "admission.k8s.io/v1" || envelope.kind != "AdmissionReview" {
+            return Err(BadReview(format!(
+                "apiVersion/kind {}/{}",
+                envelope.api_version, envelope.kind
+            )));
+        }
+        envelope
+            .request
+            .map(Review)
+            .ok_or_else(|| BadReview("no request".into()))
     }
-    let req = request
-        .get("request")
-        .ok_or_else(|| BadReview("no request".into()))?;
-    let uid = req
-        .get("uid")
-        .and_then(Value::as_str)
-        .ok_or_else(|| BadReview("no request.uid".into()))?;
+
+    /// The request's namespace, pod name and generateName, and uid, for the log.
+    pub fn names(&self) -> (&str, &str, &str, &str) {
+        let req = &self.0;
+        let meta = req.object.as_ref().and_then(|o| o.get("metadata"));
+        let field = |k: &str| {
+            meta.and_then(|m| m.get(k))
+                .and_then(Value::as_str)
+                .unwrap_or("")
+        };
+        (
+            &req.namespace,
+            field("name"),
+            field("generateName"),
+            &req.uid,
+        )
+    }
+}
+
+/// The response to one AdmissionReview request.
+pub fn review(review: &Review, entry: Entry, defaults: &Settings) -> Value {
+    let req = &review.0;
     let (patch, warnings) = decide(req, entry, defaults);
-    let mut response = json!({"uid": uid, "allowed": true});
+    let mut response = json!({"uid": req.uid, "allowed": true});
     if let Some(patch) = patch {
         response["patchType"] = json!("JSONPatch");
         response["patch"] = json!(base64::engine::general_purpose::STANDARD.encode(patch));
@@ -52,39 +105,32 @@ pub fn review(request: &Value, entry: Entry, defaults: &Settings) -> Result<Valu
     if !warnings.is_empty() {
         response["warnings"] = json!(warnings);
     }
-    Ok(json!({
+    json!({
         "apiVersion": "admission.k8s.io/v1",
         "kind": "AdmissionReview",
         "response": response,
-    }))
+    })
 }
 
 /// The patch (serialized JSONPatch) if the pod is to change, and the warnings for the user.
-fn decide(req: &Value, entry: Entry, defaults: &Settings) -> (Option<Vec<u8>>, Vec<String>) {
+fn decide(req: &Request, entry: Entry, defaults: &Settings) -> (Option<Vec<u8>>, Vec<String>) {
     let skip = |why: String| (None, vec![format!("meshlet: sidecar not injected: {why}")]);
     let quiet = || (None, vec![]);
-    let kind = req
-        .get("kind")
-        .and_then(|k| k.get("kind"))
-        .and_then(Value::as_str);
+    let kind = req.kind.as_ref().map(|k| k.kind.as_str());
     if kind != Some("Pod") {
         return skip(format!(
             "only Pods are injected here, not {}",
             kind.unwrap_or("?")
         ));
     }
-    if req
-        .get("operation")
-        .and_then(Value::as_str)
-        .is_some_and(|op| op != "CREATE")
-    {
+    if req.operation.as_deref().is_some_and(|op| op != "CREATE") {
         return quiet();
     }
-    let namespace = req.get("namespace").and_then(Value::as_str).unwrap_or("");
+    let namespace = req.namespace.as_str();
     if NEVER.contains(&namespace) {
         return quiet();
     }
-    let Some(original) = req.get("object") else {
+    let Some(original) = &req.object else {
         return skip("the request holds no Pod".into());
     };
     let mut pod = original.clone();
@@ -191,9 +237,13 @@ mod tests {
         })
     }
 
+    fn parsed(req: &Value) -> Review {
+        Review::parse(&serde_json::to_vec(req).unwrap()).unwrap()
+    }
+
     /// (patched pod if any, warnings).
     fn answer(entry: Entry, req: &Value) -> (Option<Value>, Vec<String>) {
-        let resp = review(req, entry, &defaults()).unwrap();
+        let resp = review(&parsed(req), entry, &defaults());
         let r = &resp["response"];
         assert_eq!(r["uid"], req["request"]["uid"]);
         assert_eq!(r["allowed"], true, "the webhook never blocks a Pod");
@@ -243,7 +293,7 @@ mod tests {
             ..defaults()
         };
 
-        let resp = review(&req, Entry::Namespace, &webhook).unwrap();
+        let resp = review(&parsed(&req), Entry::Namespace, &webhook);
 
         let got = images(&patched_by(&resp, &req));
         assert!(!got.iter().any(|i| i.contains("rootkit")), "{got:?}");
@@ -256,7 +306,7 @@ mod tests {
         // An image the operator allows is honoured.
         let allowed = json!({"meshlet.io/image": "meshlet:allowed"});
         let req = request("default", pod(allowed, false));
-        let resp = review(&req, Entry::Namespace, &webhook).unwrap();
+        let resp = review(&parsed(&req), Entry::Namespace, &webhook);
         assert!(images(&patched_by(&resp, &req))
             .iter()
             .any(|i| i == "meshlet:allowed"));
@@ -350,9 +400,31 @@ mod tests {
 
     #[test]
     fn a_document_that_is_not_an_admission_review_is_refused() {
-        assert!(review(&json!({"kind": "Pod"}), Entry::Namespace, &defaults()).is_err());
-        let no_uid =
-            json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": {}});
-        assert!(review(&no_uid, Entry::Namespace, &defaults()).is_err());
+        let refused = |v: Value| Review::parse(&serde_json::to_vec(&v).unwrap()).is_err();
+        assert!(refused(json!({"kind": "Pod"})));
+        assert!(refused(
+            json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": {}})
+        ));
+        assert!(refused(
+            json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview"})
+        ));
+        assert!(refused(json!([0, 0, 0])));
+    }
+
+    #[test]
+    fn what_the_webhook_does_not_read_is_skipped() {
+        let mut req = request("default", pod(json!({}), false));
+        req["request"]["oldObject"] = json!({"huge": [1, 2, 3]});
+        req["request"]["userInfo"] = json!({"username": "system:serviceaccount:kube-system:rs"});
+        let review = parsed(&req);
+        assert_eq!(
+            review.names(),
+            (
+                "default",
+                "",
+                "echo-",
+                req["request"]["uid"].as_str().unwrap()
+            )
+        );
     }
 }
