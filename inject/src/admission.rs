@@ -412,7 +412,7 @@ mod tests {
     }
 
     #[test]
-    fn what_the_webhook_does_not_read_is_skipped() {
+    fn a_review_holding_fields_the_webhook_does_not_read_is_parsed_and_logged_by_its_own() {
         let mut req = request("default", pod(json!({}), false));
         req["request"]["oldObject"] = json!({"huge": [1, 2, 3]});
         req["request"]["userInfo"] = json!({"username": "system:serviceaccount:kube-system:rs"});
