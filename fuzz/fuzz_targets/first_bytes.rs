@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use meshlet_proxy::detect::{classify, Protocol};
+use meshlet_proxy::inbound::detect::{classify, Protocol};
 
 fuzz_target!(|data: &[u8]| {
     let verdict = classify(data);

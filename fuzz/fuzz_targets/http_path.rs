@@ -4,7 +4,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use meshlet_proxy::http_path::normalize;
+use meshlet_proxy::inbound::http_path::normalize;
 
 fuzz_target!(|data: &[u8]| {
     let Ok(target) = std::str::from_utf8(data) else {

@@ -7,16 +7,20 @@ pub mod bundle;
 pub mod files;
 pub mod inspect;
 pub mod issue;
+pub mod reason;
 pub mod source;
 pub mod spiffe_id;
 pub mod svid;
+pub mod verifiers;
 pub mod verify;
 
 pub use bundle::TrustBundles;
+pub use reason::{CertReason, TlsFailure};
 pub use source::{Identity, IdentityFiles, IdentityStore, LoadError};
 pub use spiffe_id::SpiffeId;
 pub use svid::{SvidError, SvidInfo};
-pub use verify::{PeerError, SpiffeClientVerifier, SpiffeServerVerifier, Usage};
+pub use verifiers::{SpiffeClientVerifier, SpiffeServerVerifier};
+pub use verify::{PeerError, Usage};
 
 /// The one crypto provider of the whole tree.
 pub fn crypto_provider() -> std::sync::Arc<rustls::crypto::CryptoProvider> {

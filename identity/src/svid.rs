@@ -8,6 +8,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use x509_parser::extensions::GeneralName;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
+use crate::reason::CertReason;
 use crate::spiffe_id::{SpiffeId, SpiffeIdError};
 
 /// What a valid SVID leaf says about itself.
@@ -51,21 +52,21 @@ pub enum SvidError {
 }
 
 impl SvidError {
-    /// A short, stable label for metrics.
-    pub fn reason(&self) -> &'static str {
+    /// Why, as a type (its label is for metrics).
+    pub fn reason(&self) -> CertReason {
         match self {
-            SvidError::Unparsable(_) => "bad_certificate",
+            SvidError::Unparsable(_) => CertReason::BadCertificate,
             SvidError::NoUriSan
             | SvidError::SeveralUriSans(_)
             | SvidError::BadId(_)
-            | SvidError::NoPath(_) => "bad_spiffe_id",
-            SvidError::NotASigningCa(_) => "bad_chain",
-            SvidError::CaAsLeaf => "ca_as_leaf",
-            SvidError::NoDigitalSignature | SvidError::SigningUsage => "bad_key_usage",
-            SvidError::WrongTrustDomain { .. } => "wrong_trust_domain",
-            SvidError::Expired(_) => "expired",
-            SvidError::NotYetValid(_) => "not_yet_valid",
-            SvidError::MissingEku(_) => "missing_eku",
+            | SvidError::NoPath(_) => CertReason::BadSpiffeId,
+            SvidError::NotASigningCa(_) => CertReason::BadChain,
+            SvidError::CaAsLeaf => CertReason::CaAsLeaf,
+            SvidError::NoDigitalSignature | SvidError::SigningUsage => CertReason::BadKeyUsage,
+            SvidError::WrongTrustDomain { .. } => CertReason::WrongTrustDomain,
+            SvidError::Expired(_) => CertReason::Expired,
+            SvidError::NotYetValid(_) => CertReason::NotYetValid,
+            SvidError::MissingEku(_) => CertReason::MissingEku,
         }
     }
 }

@@ -1,20 +1,15 @@
-//! Peer verification by SPIFFE ID, and the rustls verifiers that use it.
+//! Peer verification by SPIFFE ID (the rustls verifiers that use it are in `verifiers`).
 //!
 //! A peer passes when its leaf is a valid SVID (see `svid`), its trust domain has a bundle, and
 //! webpki builds a chain from the leaf to that bundle for the right purpose (serverAuth or
 //! clientAuth, required only when the certificate has an EKU extension) at the current time.
 //! The DNS name or IP the client dialed plays no part: identity is the SPIFFE ID.
 
-use std::sync::Arc;
-
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
-use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
-use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, SignatureScheme};
-use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls_pki_types::{CertificateDer, UnixTime};
 
 use crate::bundle::TrustBundles;
-use crate::source::IdentityStore;
+use crate::reason::CertReason;
 use crate::spiffe_id::SpiffeId;
 use crate::svid::{self, SvidError};
 
@@ -38,23 +33,23 @@ pub enum PeerError {
 }
 
 impl PeerError {
-    /// A short, stable label for metrics and logs.
-    pub fn reason(&self) -> &'static str {
+    /// Why, as a type (its label is for metrics and logs).
+    pub fn reason(&self) -> CertReason {
         match self {
             PeerError::Svid(e) => e.reason(),
-            PeerError::UnknownTrustDomain(_) => "wrong_trust_domain",
+            PeerError::UnknownTrustDomain(_) => CertReason::WrongTrustDomain,
             PeerError::Chain(e) => match e {
-                webpki::Error::CertExpired { .. } => "expired",
-                webpki::Error::CertNotValidYet { .. } => "not_yet_valid",
-                webpki::Error::UnknownIssuer => "unknown_issuer",
-                webpki::Error::CaUsedAsEndEntity => "ca_as_leaf",
-                webpki::Error::RequiredEkuNotFoundContext(_) => "missing_eku",
+                webpki::Error::CertExpired { .. } => CertReason::Expired,
+                webpki::Error::CertNotValidYet { .. } => CertReason::NotYetValid,
+                webpki::Error::UnknownIssuer => CertReason::UnknownIssuer,
+                webpki::Error::CaUsedAsEndEntity => CertReason::CaAsLeaf,
+                webpki::Error::RequiredEkuNotFoundContext(_) => CertReason::MissingEku,
                 webpki::Error::InvalidSignatureForPublicKey
                 | webpki::Error::UnsupportedSignatureAlgorithmContext(_)
                 | webpki::Error::UnsupportedSignatureAlgorithmForPublicKeyContext(_) => {
-                    "bad_signature"
+                    CertReason::BadSignature
                 }
-                _ => "bad_chain",
+                _ => CertReason::BadChain,
             },
         }
     }
@@ -93,182 +88,4 @@ pub fn verify_peer(
     )
     .map_err(PeerError::Chain)?;
     Ok(info.id)
-}
-
-/// The rustls error a verification failure becomes; `reason_of` reads the label back.
-fn to_rustls(err: PeerError) -> rustls::Error {
-    let cert_err = match &err {
-        PeerError::Chain(webpki::Error::UnknownIssuer) => CertificateError::UnknownIssuer,
-        _ => CertificateError::Other(rustls::OtherError(Arc::new(err))),
-    };
-    rustls::Error::InvalidCertificate(cert_err)
-}
-
-/// The metric label of a failed handshake, from the rustls error it produced.
-pub fn reason_of(err: &rustls::Error) -> &'static str {
-    match err {
-        rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer) => "unknown_issuer",
-        rustls::Error::InvalidCertificate(CertificateError::Other(other)) => other
-            .0
-            .downcast_ref::<PeerError>()
-            .map(PeerError::reason)
-            .unwrap_or("bad_certificate"),
-        rustls::Error::InvalidCertificate(_) => "bad_certificate",
-        rustls::Error::AlertReceived(_) => "rejected_by_peer",
-        rustls::Error::NoApplicationProtocol => "no_alpn",
-        rustls::Error::PeerIncompatible(_) => "incompatible",
-        rustls::Error::InvalidMessage(_) | rustls::Error::InappropriateMessage { .. } => "not_tls",
-        rustls::Error::NoCertificatesPresented => "no_client_certificate",
-        _ => "other",
-    }
-}
-
-/// What both verifiers share: the store (read on every handshake, so a rotated bundle applies to
-/// the next connection) and the crypto provider.
-#[derive(Debug)]
-struct Checker {
-    store: Arc<IdentityStore>,
-    provider: Arc<CryptoProvider>,
-}
-
-impl Checker {
-    fn verify(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        now: UnixTime,
-        usage: Usage,
-    ) -> Result<(), rustls::Error> {
-        let identity = self.store.current();
-        verify_peer(
-            &identity.bundles,
-            &self.provider,
-            end_entity,
-            intermediates,
-            now,
-            usage,
-        )
-        .map(|_| ())
-        .map_err(to_rustls)
-    }
-
-    fn tls13(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
-    }
-}
-
-fn no_tls12() -> Result<HandshakeSignatureValid, rustls::Error> {
-    Err(rustls::Error::General("TLS 1.2 is not accepted".into()))
-}
-
-/// Verifies servers for our TLS client (serverAuth; the server name plays no part).
-#[derive(Debug)]
-pub struct SpiffeServerVerifier(Checker);
-
-impl SpiffeServerVerifier {
-    pub fn new(store: Arc<IdentityStore>, provider: Arc<CryptoProvider>) -> Self {
-        SpiffeServerVerifier(Checker { store, provider })
-    }
-}
-
-impl ServerCertVerifier for SpiffeServerVerifier {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        self.0
-            .verify(end_entity, intermediates, now, Usage::Server)
-            .map(|()| ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        _message: &[u8],
-        _cert: &CertificateDer<'_>,
-        _dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        no_tls12()
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.tls13(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.schemes()
-    }
-}
-
-/// Verifies clients for our TLS server (clientAuth); a client certificate is mandatory.
-#[derive(Debug)]
-pub struct SpiffeClientVerifier(Checker);
-
-impl SpiffeClientVerifier {
-    pub fn new(store: Arc<IdentityStore>, provider: Arc<CryptoProvider>) -> Self {
-        SpiffeClientVerifier(Checker { store, provider })
-    }
-}
-
-impl ClientCertVerifier for SpiffeClientVerifier {
-    fn root_hint_subjects(&self) -> &[DistinguishedName] {
-        &[]
-    }
-
-    fn verify_client_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        now: UnixTime,
-    ) -> Result<ClientCertVerified, rustls::Error> {
-        self.0
-            .verify(end_entity, intermediates, now, Usage::Client)
-            .map(|()| ClientCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        _message: &[u8],
-        _cert: &CertificateDer<'_>,
-        _dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        no_tls12()
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.tls13(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.schemes()
-    }
 }

@@ -33,7 +33,7 @@ fn check(bundles: &TrustBundles, leaf: &Pem, usage: Usage) -> Result<SpiffeId, &
         UnixTime::now(),
         usage,
     )
-    .map_err(|e| e.reason())
+    .map_err(|e| e.reason().label())
 }
 
 #[test]

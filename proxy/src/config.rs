@@ -17,8 +17,8 @@ use serde::{Deserialize, Deserializer};
 use serde_norway::{Mapping, Value};
 
 use crate::app_probe::AppProbe;
-use crate::http_path::PathMatch;
 use crate::id_match::IdMatch;
+use crate::inbound::http_path::PathMatch;
 
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]

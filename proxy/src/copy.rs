@@ -158,7 +158,7 @@ where
 /// [`copy_both`], with the outcome and byte counts recorded in the metrics; returns the bytes
 /// moved both ways.
 pub async fn bidirectional<A, B>(
-    direction: &'static str,
+    direction: crate::reason::Direction,
     metrics: &Metrics,
     a: &mut A,
     b: &mut B,
@@ -171,7 +171,7 @@ where
     let outcome = match result {
         Ok(()) => "ok",
         Err(e) => {
-            tracing::debug!(direction, error = %e, "connection ended with an error");
+            tracing::debug!(direction = direction.label(), error = %e, "connection ended with an error");
             "error"
         }
     };

@@ -1,55 +1,42 @@
 //! The meshlet data plane.
 //!
-//! Follow one connection: `listener` accepts it, then `inbound` (admission: `on_this_pod`,
-//! `require_mesh`, `prevent_loop`; mTLS terminated, caller authorized by `policy`, bytes to the
-//! app; HTTP ports via `http`, pooled connections via `mux`) or `outbound` (`routes` decide,
-//! the `connector` opens mTLS to the peer proxy — pooled via `pool` and `locate`, or a
-//! connection of its own — or plain), and `copy` moves the bytes. A refusal ends in
-//! `refusal`, the one place that counts and logs it. `tls` and meshlet-identity decide who is
-//! who; `admin` and `metrics` tell the operator.
+//! Follow one connection: `listener` accepts it, then `inbound` (`accept`: the `destination`
+//! rule, first bytes, mTLS terminated; a pooled connection's streams via `pooled_server`; every
+//! caller into the app through `deliver`: `require_mesh`, `policy`, `require_http`, the permit,
+//! the app, bytes or `http`) or `outbound` (`accept`: `routes` decide, the `connector` opens
+//! mTLS to the peer proxy — a stream via `pooled_client` and, for a Service address, `locate`,
+//! or a connection of its own via `dial` — or plain), and `copy` moves the bytes. A refusal
+//! ends in `refusal`, the one place that counts and logs it, under a typed `reason`. `tls` and
+//! meshlet-identity decide who is who; `admin` and `metrics` tell the operator.
 //!
-//! Each side gets a context built once in [`start`]: [`inbound::Inbound`],
-//! [`outbound::Outbound`] (which owns the [`connector::Connector`]) and [`admin::Admin`];
-//! readiness and shutdown are the [`lifecycle::Lifecycle`] they share.
+//! Each side gets a context built once in [`start`]: [`inbound::context::Inbound`],
+//! [`outbound::accept::Outbound`] (which owns the [`outbound::connector::Connector`]) and
+//! [`admin::Admin`]; readiness and shutdown are the [`lifecycle::Lifecycle`] they share.
 #![forbid(unsafe_code)]
 
 pub mod admin;
 pub mod admin_slots;
 pub mod app_probe;
 pub mod args;
-pub mod bulk;
 pub mod config;
-pub mod connector;
 pub mod copy;
-pub mod detect;
+pub mod dial;
 pub mod expiring;
 pub mod grpc;
-pub mod head_timer;
-pub mod http;
-pub mod http_path;
 pub mod id_match;
 pub mod inbound;
 pub mod lifecycle;
 pub mod listener;
-pub mod local_addrs;
 pub mod locate;
-pub mod mesh_port;
 pub mod metrics;
-pub mod mux;
-pub mod mux_wire;
-pub mod on_this_pod;
 pub mod orig_dst;
 pub mod outbound;
-pub mod policy;
-pub mod pool;
-pub mod prevent_loop;
+pub mod pooled_wire;
 pub mod read_ahead;
+pub mod reason;
 pub mod refusal;
-pub mod require_http;
-pub mod require_mesh;
 pub mod rewind;
 pub mod rotation;
-pub mod routes;
 pub mod spire;
 pub mod tls;
 
@@ -95,8 +82,8 @@ impl Listeners {
 
 /// A started proxy.
 pub struct Running {
-    pub inbound: Arc<inbound::Inbound>,
-    pub outbound: Arc<outbound::Outbound>,
+    pub inbound: Arc<inbound::context::Inbound>,
+    pub outbound: Arc<outbound::accept::Outbound>,
     pub metrics: Arc<metrics::Metrics>,
     pub lifecycle: Arc<lifecycle::Lifecycle>,
     drain: std::time::Duration,
@@ -125,33 +112,35 @@ pub async fn start(
         (inbound_limit.clone(), config.inbound.max_connections),
         (outbound_limit.clone(), config.outbound.max_connections),
     ];
-    let inbound = Arc::new(inbound::Inbound {
+    let inbound = Arc::new(inbound::context::Inbound {
         mode: config.inbound.mode,
-        port: config.inbound.port,
         timeouts: config.timeouts.clone(),
         tls: tls.server.clone(),
-        policy: policy::Policy::new(&config.trust_domain, config.inbound.policy.as_deref()),
-        local: local_addrs::LocalAddrs::default(),
-        proxy_ports: on_this_pod::ProxyPorts {
+        policy: inbound::policy::Policy::new(
+            &config.trust_domain,
+            config.inbound.policy.as_deref(),
+        ),
+        local: inbound::local_addrs::LocalAddrs::default(),
+        proxy_ports: inbound::destination::ProxyPorts {
             inbound: config.inbound.port,
             outbound: config.outbound.port,
             admin: config.admin.address.port(),
         },
         limit: inbound_limit.clone(),
-        http: http::AppClients::new(config.timeouts.connect),
+        http: inbound::app_clients::AppClients::new(config.timeouts.connect),
         store: store.clone(),
         metrics: metrics.clone(),
         lifecycle: lifecycle.clone(),
         located: locate::Located::default(),
     });
-    let outbound = Arc::new(outbound::Outbound {
+    let outbound = Arc::new(outbound::accept::Outbound {
         port: config.outbound.port,
         timeouts: config.timeouts.clone(),
         auto_detect_timeout: config.outbound.auto_detect_timeout,
         mesh_port: config.inbound.port,
-        routes: routes::Routes::new(&config.outbound),
-        connector: connector::Connector::new(
-            connector::Dialer {
+        routes: outbound::routes::Routes::new(&config.outbound),
+        connector: outbound::connector::Connector::new(
+            dial::Dialer {
                 tls,
                 store: store.clone(),
                 metrics: metrics.clone(),
@@ -183,7 +172,7 @@ pub async fn start(
             l,
             lifecycle.subscribe(),
             lim,
-            move |conn, peer, permit| inbound::handle(ib.clone(), conn, peer, dst, permit),
+            move |conn, peer, permit| inbound::accept::handle(ib.clone(), conn, peer, dst, permit),
         )));
     }
     for addr in &listeners.outbound {
@@ -200,7 +189,7 @@ pub async fn start(
             l,
             lifecycle.subscribe(),
             lim,
-            move |conn, peer, permit| outbound::handle(ob.clone(), conn, peer, dst, permit),
+            move |conn, peer, permit| outbound::accept::handle(ob.clone(), conn, peer, dst, permit),
         )));
     }
     if inbound_addrs.is_empty() || outbound_addrs.is_empty() {

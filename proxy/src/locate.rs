@@ -13,7 +13,7 @@
 //!
 //! The answer itself proves nothing: whoever the balancer chose may name any pod and port. The
 //! client therefore sends the app connection's stream, over the pooled mTLS connection it
-//! dialed to the named pod itself, with the token (`mux_wire::LOCATED_HEADER`), and the server
+//! dialed to the named pod itself, with the token (`pooled_wire::LOCATED_HEADER`), and the server
 //! accepts it only when it holds that token from that same caller address, for exactly the
 //! address named, and consumes it. A lying answer names a pod that never saw the token and the
 //! stream is refused; the client then connects through the Service address on its own. So the
@@ -26,7 +26,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::connector::connect_tcp;
+use crate::dial::connect_tcp;
 use crate::expiring::ExpiringMap;
 
 /// Every locate request starts with this: it cannot be the start of TLS, HTTP or any text

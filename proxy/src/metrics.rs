@@ -10,12 +10,22 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
-pub const INBOUND: &str = "inbound";
-pub const OUTBOUND: &str = "outbound";
+pub use crate::reason::Direction;
+
+pub const INBOUND: Direction = Direction::Inbound;
+pub const OUTBOUND: Direction = Direction::Outbound;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DirLabels {
     pub direction: &'static str,
+}
+
+impl DirLabels {
+    pub fn of(direction: Direction) -> Self {
+        DirLabels {
+            direction: direction.label(),
+        }
+    }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -198,49 +208,64 @@ impl Metrics {
     }
 
     /// Counts a connection as active until the guard is dropped.
-    pub fn track(&self, direction: &'static str) -> ActiveGuard {
-        let gauge = self.active.get_or_create(&DirLabels { direction }).clone();
+    pub fn track(&self, direction: Direction) -> ActiveGuard {
+        let gauge = self.active.get_or_create(&DirLabels::of(direction)).clone();
         gauge.inc();
         ActiveGuard(gauge)
     }
 
-    pub fn refused(&self, direction: &'static str, reason: &'static str) {
+    pub fn refused(&self, direction: Direction, reason: &'static str) {
         self.refused
-            .get_or_create(&ReasonLabels { direction, reason })
+            .get_or_create(&ReasonLabels {
+                direction: direction.label(),
+                reason,
+            })
             .inc();
     }
 
-    pub fn policy_denied(&self, direction: &'static str, reason: &'static str) {
+    pub fn policy_denied(&self, direction: Direction, reason: &'static str) {
         self.policy_denials
-            .get_or_create(&ReasonLabels { direction, reason })
+            .get_or_create(&ReasonLabels {
+                direction: direction.label(),
+                reason,
+            })
             .inc();
     }
 
-    pub fn handshake_failed(&self, direction: &'static str, reason: &'static str) {
+    pub fn handshake_failed(&self, direction: Direction, reason: &'static str) {
         self.handshake_failures
-            .get_or_create(&ReasonLabels { direction, reason })
+            .get_or_create(&ReasonLabels {
+                direction: direction.label(),
+                reason,
+            })
             .inc();
     }
 
-    pub fn opened(&self, direction: &'static str, tls: &'static str) {
+    pub fn opened(&self, direction: Direction, tls: &'static str) {
         self.opened
-            .get_or_create(&ConnLabels { direction, tls })
+            .get_or_create(&ConnLabels {
+                direction: direction.label(),
+                tls,
+            })
             .inc();
     }
 
-    pub fn closed(&self, direction: &'static str, outcome: &'static str, sent: u64, received: u64) {
+    pub fn closed(&self, direction: Direction, outcome: &'static str, sent: u64, received: u64) {
         self.closed
-            .get_or_create(&OutcomeLabels { direction, outcome })
+            .get_or_create(&OutcomeLabels {
+                direction: direction.label(),
+                outcome,
+            })
             .inc();
         self.bytes
             .get_or_create(&ByteLabels {
-                direction,
+                direction: direction.label(),
                 flow: "sent",
             })
             .inc_by(sent);
         self.bytes
             .get_or_create(&ByteLabels {
-                direction,
+                direction: direction.label(),
                 flow: "received",
             })
             .inc_by(received);

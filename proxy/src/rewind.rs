@@ -63,6 +63,11 @@ impl<S> Rewind<S> {
             inner,
         }
     }
+
+    /// The replayed bytes not yet read back.
+    pub fn unread(&self) -> &[u8] {
+        &self.prefix[self.pos..]
+    }
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for Rewind<S> {

@@ -7,7 +7,9 @@ use std::sync::{Arc, Mutex};
 
 use meshlet_identity::source::StoreCertResolver;
 use meshlet_identity::svid::spiffe_id_of_der;
-use meshlet_identity::{IdentityStore, SpiffeClientVerifier, SpiffeId, SpiffeServerVerifier};
+use meshlet_identity::{
+    IdentityStore, SpiffeClientVerifier, SpiffeId, SpiffeServerVerifier, TlsFailure,
+};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
 use rustls::{
@@ -15,6 +17,8 @@ use rustls::{
     SignatureScheme,
 };
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
+
+use crate::reason::Reason;
 
 /// The ALPN that marks mesh traffic: one mTLS connection per app connection.
 pub const ALPN_MESH: &[u8] = b"meshlet/1";
@@ -163,8 +167,8 @@ pub fn peer_id(conn: &CommonState) -> Option<SpiffeId> {
         .and_then(|leaf| spiffe_id_of_der(leaf).ok())
 }
 
-/// The reason label of a failed handshake, from the io::Error tokio-rustls returns.
-pub fn failure_reason(err: &std::io::Error) -> &'static str {
+/// Why a handshake failed, from the io::Error tokio-rustls returns.
+pub fn failure_reason(err: &std::io::Error) -> Reason {
     if let Some(tls) = err
         .get_ref()
         .and_then(|e| e.downcast_ref::<rustls::Error>())
@@ -179,18 +183,18 @@ pub fn failure_reason(err: &std::io::Error) -> &'static str {
             | AlertDescription::UnrecognisedName,
         ) = tls
         {
-            return "foreign_tls";
+            return Reason::ForeignTls;
         }
         // A handshake message no TLS server sends first (an echo of our ClientHello, say).
         if let rustls::Error::InappropriateHandshakeMessage { .. } = tls {
-            return "not_tls";
+            return Reason::Tls(TlsFailure::NotTls);
         }
-        return meshlet_identity::verify::reason_of(tls);
+        return Reason::Tls(meshlet_identity::verifiers::failure_of(tls));
     }
     match err.kind() {
-        std::io::ErrorKind::UnexpectedEof => "eof",
-        std::io::ErrorKind::ConnectionReset => "reset",
-        std::io::ErrorKind::TimedOut => "timeout",
-        _ => "io",
+        std::io::ErrorKind::UnexpectedEof => Reason::Eof,
+        std::io::ErrorKind::ConnectionReset => Reason::Reset,
+        std::io::ErrorKind::TimedOut => Reason::Timeout,
+        _ => Reason::Io,
     }
 }

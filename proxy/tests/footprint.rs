@@ -38,7 +38,7 @@ async fn an_inbound_connection_task_stays_small() {
     let running = proxy_for(&ca, "/ns/default/sa/server", "", backend.addr).await;
     let (_client, conn, peer) = accepted().await;
 
-    let task = inbound::handle(
+    let task = inbound::accept::handle(
         running.inbound.clone(),
         conn,
         peer,
@@ -59,7 +59,7 @@ async fn an_outbound_connection_task_stays_small() {
         let running = proxy_for(&ca, "/ns/default/sa/client", &yaml, backend.addr).await;
         let (_client, conn, peer) = accepted().await;
 
-        let task = outbound::handle(
+        let task = outbound::accept::handle(
             running.outbound.clone(),
             conn,
             peer,

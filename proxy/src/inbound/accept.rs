@@ -1,61 +1,33 @@
-//! Inbound: a caller's connection to an app port, redirected to us, is identified, authorized
-//! and passed to the app.
+//! Accepting an inbound connection: its original destination, the destination rule, the
+//! caller's first bytes, and then a locate answer, the mTLS handshake, or a plaintext caller.
 //!
-//! accept → original destination → first bytes → (mesh TLS: handshake, caller's SPIFFE ID |
-//! plaintext or foreign TLS: refused in strict mode) → policy → app (bytes, or HTTP per request).
+//! accept → original destination → `destination` → first bytes → (mesh TLS: handshake,
+//! caller's SPIFFE ID, a pooled connection's streams | plaintext or foreign TLS) → `deliver`.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use meshlet_identity::IdentityStore;
-use rustls::ServerConfig;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::OwnedSemaphorePermit;
 use tokio_rustls::TlsAcceptor;
 use tracing::debug;
 
-use crate::config::{InboundMode, Timeouts};
-use crate::connector;
-use crate::copy;
-use crate::detect::{self, Protocol};
-use crate::http::AppClients;
-use crate::local_addrs::LocalAddrs;
-use crate::metrics::Metrics;
+use super::context::Inbound;
+use super::deliver::{deliver, Caller, Connection};
+use super::destination::{self, PodDst};
+use super::detect::{self, Protocol};
+use super::pooled_server;
+use crate::config::InboundMode;
+use crate::locate;
 use crate::metrics::{DirLabels, INBOUND};
-use crate::on_this_pod::ProxyPorts;
 use crate::orig_dst::OriginalDst;
-use crate::policy::Access;
-use crate::policy::Policy;
 use crate::read_ahead::ReadAhead;
-use crate::refusal::Refusal;
+use crate::reason::Reason;
+use crate::refusal::{Refusal, Refused};
 use crate::rewind::Rewind;
-use crate::{
-    http, lifecycle::Lifecycle, locate, mux, on_this_pod, prevent_loop, require_http, require_mesh,
-    tls,
-};
-
-/// What the inbound side needs, built once per proxy.
-pub struct Inbound {
-    pub mode: InboundMode,
-    /// Our own inbound port (never a destination).
-    pub port: u16,
-    pub timeouts: Timeouts,
-    pub tls: Arc<ServerConfig>,
-    pub policy: Policy,
-    /// This pod's addresses: the only ones the inbound side dials.
-    pub local: LocalAddrs,
-    pub proxy_ports: ProxyPorts,
-    /// Connections and pooled streams handled at once (`inbound.max_connections`).
-    pub limit: Arc<Semaphore>,
-    pub http: AppClients,
-    pub store: Arc<IdentityStore>,
-    pub metrics: Arc<Metrics>,
-    pub lifecycle: Arc<Lifecycle>,
-    /// Tokens of the locates this proxy answered, for the pooled streams that follow them.
-    pub located: locate::Located,
-}
+use crate::tls;
 
 pub async fn handle(
     inbound: Arc<Inbound>,
@@ -66,78 +38,48 @@ pub async fn handle(
 ) {
     let _active = inbound.metrics.track(INBOUND);
     if let Err(refusal) = serve(&inbound, conn, peer, dst_mode).await {
-        refusal.record(&inbound.metrics, INBOUND, "connection", peer);
+        refusal.record(&inbound.metrics, INBOUND, Refused::Connection, peer);
     }
 }
 
-/// Admission (destination, first bytes, mode), then the mesh handshake or a plaintext pass.
+/// Admission (destination, first bytes), then a locate answer, the mesh handshake or a
+/// plaintext caller.
 async fn serve(
     inbound: &Arc<Inbound>,
     mut conn: TcpStream,
     peer: SocketAddr,
     dst_mode: OriginalDst,
 ) -> Result<(), Refusal> {
-    let dst = dst_mode.of(&conn, peer).map_err(|e| {
+    let named = dst_mode.of(&conn, peer).map_err(|e| {
         Refusal::new(
-            "no_original_dst",
+            Reason::NoOriginalDst,
             format!("not a redirected connection: {e}"),
         )
     })?;
-    let dst = match dst_mode {
-        OriginalDst::Kernel => on_this_pod::check(&inbound.local, &inbound.proxy_ports, dst)
-            .map_err(|e| Refusal::new(e.reason(), e.to_string()).at(dst))?,
-        // A fixed destination is the operator's, not the caller's.
-        OriginalDst::Fixed(dst) => {
-            prevent_loop::inbound_fixed(dst, &[inbound.port])?;
-            dst
-        }
-    };
+    let dst = destination::admit(&inbound.local, &inbound.proxy_ports, dst_mode, named)?;
 
-    let (protocol, first_bytes) = sniff(&mut conn, inbound)
-        .await
-        .map_err(|e| Refusal::new("no_data", format!("caller sent nothing usable: {e}")).at(dst))?;
+    let (protocol, first_bytes) = sniff(&mut conn, inbound).await.map_err(|e| {
+        Refusal::new(Reason::NoData, format!("caller sent nothing usable: {e}")).at(dst.addr())
+    })?;
     match protocol {
         Protocol::Locate(request) => {
             // Not app traffic: nothing reaches the app, so neither mode nor policy applies.
-            debug!(%peer, %dst, "locate: telling a peer proxy which address it reached");
+            debug!(%peer, dst = %dst.addr(), "locate: telling a peer proxy which address it reached");
             if let locate::Request::V2 { token } = request {
-                inbound.located.remember(token, peer.ip(), dst);
+                inbound.located.remember(token, peer.ip(), dst.addr());
             }
-            let _ = conn.write_all(locate::answer(dst).as_bytes()).await;
+            let _ = conn.write_all(locate::answer(dst.addr()).as_bytes()).await;
             Ok(())
         }
         Protocol::Mesh => {
             let stream = Rewind::new(first_bytes, conn);
             mesh(inbound, stream, peer, dst, dst_mode)
                 .await
-                .map_err(|r| r.at(dst))
+                .map_err(|r| r.at(dst.addr()))
         }
         other => {
-            require_mesh::check(inbound.mode, other).map_err(|r| r.at(dst))?;
-            let access = inbound
-                .policy
-                .check_connection(None, dst.port())
-                .map_err(|d| Refusal::policy(d.reason, d.detail).at(dst))?;
-            if access == Access::Http {
-                require_http::check(other, &first_bytes).map_err(|r| r.at(dst))?;
-            }
-            debug!(%peer, %dst, ?other, ?access, "permissive: an unauthenticated caller");
-            inbound.metrics.opened(INBOUND, "plain");
-            let caller = Rewind::new(first_bytes, conn);
-            match access {
-                Access::Tcp => to_app(inbound, caller, dst).await,
-                Access::Http => {
-                    Box::pin(http::serve_inbound(
-                        inbound.clone(),
-                        caller,
-                        peer,
-                        dst,
-                        None,
-                    ))
-                    .await;
-                    Ok(())
-                }
-            }
+            let caller = Connection(Rewind::new(first_bytes, conn));
+            deliver(inbound, Caller::Plain(other), peer, dst, caller).await
         }
     }
 }
@@ -218,7 +160,7 @@ async fn mesh(
     inbound: &Arc<Inbound>,
     stream: Rewind<TcpStream>,
     peer: SocketAddr,
-    dst: SocketAddr,
+    dst: PodDst,
     dst_mode: OriginalDst,
 ) -> Result<(), Refusal> {
     let started = Instant::now();
@@ -230,7 +172,12 @@ async fn mesh(
         acceptor.accept(ReadAhead::new(stream)),
     ));
     let mut tls = match handshake.await {
-        Err(_) => return Err(Refusal::handshake("timeout", "TLS handshake timed out")),
+        Err(_) => {
+            return Err(Refusal::handshake(
+                Reason::Timeout,
+                "TLS handshake timed out",
+            ))
+        }
         Ok(Err(e)) => {
             return Err(Refusal::handshake(
                 tls::failure_reason(&e),
@@ -242,17 +189,17 @@ async fn mesh(
     inbound
         .metrics
         .handshake_seconds
-        .get_or_create(&DirLabels { direction: INBOUND })
+        .get_or_create(&DirLabels::of(INBOUND))
         .observe(started.elapsed().as_secs_f64());
     let caller = tls::peer_id(tls.get_ref().1).ok_or_else(|| {
         Refusal::new(
-            "bad_spiffe_id",
+            Reason::certificate(meshlet_identity::CertReason::BadSpiffeId),
             "verified client certificate without a SPIFFE ID",
         )
     })?;
     let pooled = tls.get_ref().1.alpn_protocol() == Some(tls::ALPN_MUX);
     // The counterpart of Cilium's "Successfully authenticated" line, at debug level.
-    debug!(%peer, %dst, %caller, pooled, "caller authenticated: mTLS handshake done, SVID verified");
+    debug!(%peer, dst = %dst.addr(), %caller, pooled, "caller authenticated: mTLS handshake done, SVID verified");
     if pooled {
         let caller_not_after = tls
             .get_ref()
@@ -261,7 +208,7 @@ async fn mesh(
             .and_then(meshlet_identity::svid::chain_not_after)
             .ok_or_else(|| {
                 Refusal::new(
-                    "bad_certificate",
+                    Reason::certificate(meshlet_identity::CertReason::BadCertificate),
                     "verified client chain without a readable expiry",
                 )
                 .by(&caller)
@@ -270,11 +217,11 @@ async fn mesh(
         // Pooled: each stream carries its own destination and is authorized on its own.
         // Boxed: the HTTP/2 server's state is only needed by this rare, long-lived connection;
         // inline, it would size every inbound connection's task.
-        Box::pin(mux::serve(
+        Box::pin(pooled_server::serve(
             inbound.clone(),
             tls,
             peer,
-            dst,
+            dst.addr(),
             caller,
             caller_not_after,
             dst_mode,
@@ -282,41 +229,5 @@ async fn mesh(
         .await;
         return Ok(());
     }
-    let access = inbound
-        .policy
-        .check_connection(Some(&caller), dst.port())
-        .map_err(|d| Refusal::policy(d.reason, d.detail).by(&caller))?;
-    inbound.metrics.opened(INBOUND, "mtls");
-    match access {
-        Access::Tcp => to_app(inbound, tls, dst).await.map_err(|r| r.by(&caller)),
-        Access::Http => {
-            // Boxed: only HTTP ports need the HTTP server's state.
-            Box::pin(http::serve_inbound(
-                inbound.clone(),
-                tls,
-                peer,
-                dst,
-                Some(caller),
-            ))
-            .await;
-            Ok(())
-        }
-    }
-}
-
-/// Connects to the app at its original address (as the proxy's uid, so not captured again).
-async fn to_app<S>(inbound: &Inbound, mut caller: S, dst: SocketAddr) -> Result<(), Refusal>
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
-    let mut app = connector::connect_tcp(dst, inbound.timeouts.connect)
-        .await
-        .map_err(|e| {
-            Refusal::new(
-                "app_unreachable",
-                format!("cannot connect to the app at {dst}: {e}"),
-            )
-        })?;
-    copy::bidirectional(INBOUND, &inbound.metrics, &mut caller, &mut app).await;
-    Ok(())
+    deliver(inbound, Caller::Mesh(caller), peer, dst, Connection(tls)).await
 }

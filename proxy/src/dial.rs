@@ -1,10 +1,6 @@
-//! Opening upstream connections: plain TCP, or mTLS to the peer's meshlet proxy.
-//!
-//! [`Dialer`] opens one authenticated connection to a peer proxy (built once: the client TLS
-//! configurations, the identity store, the metrics, the connect timeout). [`Connector`] is the
-//! seam where the transport between proxies is chosen: [`Connector::open_mesh`] gives either a
-//! stream over a pooled connection (ALPN `meshlet-mux/1`, see `pool`) or a connection of its own
-//! (ALPN `meshlet/1`), per `outbound.transport` and what the peer supports.
+//! Dialing peers: plain TCP, and the mTLS handshake with a peer's meshlet proxy, with the
+//! errors either can end in. Used by the outbound connector and the pooled client, and by the
+//! inbound side to reach the app and by `locate`.
 
 use std::io;
 use std::net::SocketAddr;
@@ -23,13 +19,11 @@ use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
-use crate::bulk::BulkRule;
-use crate::config::Transport;
-use crate::mesh_port::Answered;
 use crate::metrics::Metrics;
 use crate::metrics::OUTBOUND;
-use crate::pool::Pool;
+use crate::outbound::mesh_port::Answered;
 use crate::read_ahead::ReadAhead;
+use crate::reason::Reason;
 use crate::tls::{self, TlsConfigs, ALPN_MESH, ALPN_MUX};
 
 #[derive(Debug, thiserror::Error)]
@@ -38,18 +32,18 @@ pub enum ConnectError {
     Connect { dst: SocketAddr, err: io::Error },
     #[error("TLS handshake with {dst} timed out after {after:?}")]
     HandshakeTimeout { dst: SocketAddr, after: Duration },
-    #[error("TLS handshake with {dst} failed ({reason}): {err}")]
+    #[error("TLS handshake with {dst} failed ({}): {err}", reason.label())]
     Handshake {
         dst: SocketAddr,
-        reason: &'static str,
+        reason: Reason,
         err: io::Error,
     },
     #[error("{dst} completed TLS but is not a meshlet proxy (no meshlet ALPN)")]
     NotMesh { dst: SocketAddr },
-    #[error("{dst} answered as a meshlet proxy but its certificate was refused ({reason}): {err}")]
+    #[error("{dst} answered as a meshlet proxy but its certificate was refused ({}): {err}", reason.label())]
     Untrusted {
         dst: SocketAddr,
-        reason: &'static str,
+        reason: Reason,
         err: rustls::Error,
     },
     #[error("{dst} presented {got}, which is not among the identities pinned for it ({allowed})")]
@@ -67,17 +61,17 @@ pub enum ConnectError {
 }
 
 impl ConnectError {
-    pub fn reason(&self) -> &'static str {
+    pub fn reason(&self) -> Reason {
         match self {
-            ConnectError::Connect { .. } => "connect_failed",
-            ConnectError::HandshakeTimeout { .. } => "timeout",
-            ConnectError::Handshake { reason, .. } => reason,
-            ConnectError::NotMesh { .. } => "not_mesh",
-            ConnectError::Untrusted { reason, .. } => reason,
-            ConnectError::IdentityMismatch { .. } => "identity_mismatch",
-            ConnectError::StreamTimeout { .. } => "stream_timeout",
-            ConnectError::StreamRefused { .. } => "stream_refused",
-            ConnectError::Pool { .. } => "pool_error",
+            ConnectError::Connect { .. } => Reason::ConnectFailed,
+            ConnectError::HandshakeTimeout { .. } => Reason::Timeout,
+            ConnectError::Handshake { reason, .. } => *reason,
+            ConnectError::NotMesh { .. } => Reason::NotMesh,
+            ConnectError::Untrusted { reason, .. } => *reason,
+            ConnectError::IdentityMismatch { .. } => Reason::IdentityMismatch,
+            ConnectError::StreamTimeout { .. } => Reason::StreamTimeout,
+            ConnectError::StreamRefused { .. } => Reason::StreamRefused,
+            ConnectError::Pool { .. } => Reason::PoolError,
         }
     }
 
@@ -101,12 +95,7 @@ impl ConnectError {
     pub fn peer_is_not_mesh(&self) -> bool {
         match self {
             ConnectError::NotMesh { .. } => true,
-            ConnectError::Handshake { reason, .. } => {
-                matches!(
-                    *reason,
-                    "not_tls" | "foreign_tls" | "no_alpn" | "eof" | "reset"
-                )
-            }
+            ConnectError::Handshake { reason, .. } => reason.says_not_mesh(),
             _ => false,
         }
     }
@@ -224,7 +213,7 @@ async fn connect_tls(
     if let Some(err) = verdict.and_then(|v| v.failure()) {
         return Err(ConnectError::Untrusted {
             dst,
-            reason: meshlet_identity::verify::reason_of(&err),
+            reason: Reason::Tls(meshlet_identity::verifiers::failure_of(&err)),
             err,
         });
     }
@@ -244,9 +233,7 @@ async fn connect_tls(
     dialer
         .metrics
         .handshake_seconds
-        .get_or_create(&crate::metrics::DirLabels {
-            direction: OUTBOUND,
-        })
+        .get_or_create(&crate::metrics::DirLabels::of(OUTBOUND))
         .observe(started.elapsed().as_secs_f64());
     Ok(MeshConn {
         stream,
@@ -282,54 +269,6 @@ pub enum Upstream {
     Tls(Box<TlsStream<ReadAhead<TcpStream>>>),
     /// A stream over a pooled mTLS connection.
     Stream(TokioIo<Upgraded>),
-}
-
-/// Opens authenticated paths to peer proxies, per `outbound.transport`.
-pub struct Connector {
-    pub dialer: Arc<Dialer>,
-    pub pool: Pool,
-    pub transport: Transport,
-    /// Pooled transport: which destinations get connections of their own.
-    pub bulk: BulkRule,
-}
-
-impl Connector {
-    pub fn new(dialer: Dialer, transport: Transport, bulk_rate: u64) -> Self {
-        let dialer = Arc::new(dialer);
-        Connector {
-            pool: Pool::new(dialer.clone()),
-            dialer,
-            transport,
-            bulk: BulkRule::new(bulk_rate),
-        }
-    }
-
-    /// Records a finished app connection to `dst` (its bytes both ways and how long it
-    /// lasted); true when it made `dst` a bulk destination.
-    pub fn finished(&self, dst: SocketAddr, bytes: u64, lasted: Duration) -> bool {
-        self.transport == Transport::Pooled && self.bulk.observe(dst, bytes, lasted)
-    }
-
-    /// An authenticated path to the meshlet proxy at `dst`. Nothing of the application is sent:
-    /// the caller copies only after this returns `Ok`.
-    pub async fn open_mesh(
-        &self,
-        dst: SocketAddr,
-        pins: Option<&[SpiffeId]>,
-        handshake_timeout: Duration,
-        probe: Option<&Answered>,
-    ) -> Result<(Upstream, SpiffeId), ConnectError> {
-        match self.transport {
-            Transport::Pooled if !self.bulk.is_bulk(dst) => {
-                self.pool.open(dst, pins, handshake_timeout, probe).await
-            }
-            Transport::Pooled | Transport::PerConnection => {
-                self.dialer
-                    .own_connection(dst, pins, handshake_timeout, probe)
-                    .await
-            }
-        }
-    }
 }
 
 impl AsyncRead for Upstream {

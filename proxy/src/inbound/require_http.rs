@@ -4,7 +4,8 @@
 //! the HTTP/2 preface) are refused before the app sees them: failing closed, never passing
 //! opaque bytes past rules the port declares.
 
-use crate::detect::Protocol;
+use super::detect::Protocol;
+use crate::reason::Reason;
 use crate::refusal::Refusal;
 
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -15,7 +16,7 @@ const MAX_METHOD: usize = 24;
 pub fn check(protocol: Protocol, first_bytes: &[u8]) -> Result<(), Refusal> {
     if protocol == Protocol::ForeignTls {
         return Err(Refusal::new(
-            "not_http",
+            Reason::NotHttp,
             "TLS without meshlet's ALPN on a port with HTTP rules",
         ));
     }
@@ -23,7 +24,7 @@ pub fn check(protocol: Protocol, first_bytes: &[u8]) -> Result<(), Refusal> {
         Ok(())
     } else {
         Err(Refusal::new(
-            "not_http",
+            Reason::NotHttp,
             "bytes that are not an HTTP request on a port with HTTP rules",
         ))
     }
@@ -80,7 +81,7 @@ mod tests {
         ] {
             assert_eq!(
                 check(Protocol::Plain, bad).unwrap_err().reason,
-                "not_http",
+                Reason::NotHttp,
                 "{:?}",
                 String::from_utf8_lossy(bad)
             );
@@ -89,7 +90,7 @@ mod tests {
             check(Protocol::ForeignTls, &[0x16, 3, 1])
                 .unwrap_err()
                 .reason,
-            "not_http"
+            Reason::NotHttp
         );
     }
 }

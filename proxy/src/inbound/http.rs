@@ -12,41 +12,21 @@ use http::{Request, Response, StatusCode, Uri};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use meshlet_identity::SpiffeId;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tracing::{debug, warn};
 
-use crate::head_timer::{HeadTimer, InFlight};
-use crate::http_path;
-use crate::inbound::Inbound;
-use crate::metrics::HttpLabels;
+use super::context::Inbound;
+use super::head_timer::{HeadTimer, InFlight};
+use super::http_path;
+use crate::metrics::{HttpLabels, INBOUND};
+use crate::reason::Reason;
+use crate::refusal::{Refusal, Refused};
 
 pub const XFCC: &str = "x-forwarded-client-cert";
 
 type Body = BoxBody<Bytes, hyper::Error>;
-
-/// Pooled clients to the local app, HTTP/1.1 and HTTP/2 (used when the caller speaks HTTP/2).
-#[derive(Clone)]
-pub struct AppClients {
-    h1: Client<HttpConnector, Incoming>,
-    h2: Client<HttpConnector, Incoming>,
-}
-
-impl AppClients {
-    pub fn new(connect_timeout: std::time::Duration) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(connect_timeout));
-        let h1 = Client::builder(TokioExecutor::new()).build(connector.clone());
-        let h2 = Client::builder(TokioExecutor::new())
-            .http2_only(true)
-            .build(connector);
-        AppClients { h1, h2 }
-    }
-}
 
 fn text(status: StatusCode, body: &'static str) -> Response<Body> {
     let mut resp = Response::new(
@@ -131,22 +111,24 @@ async fn handle_request(
     let port = ctx.dst.port();
     let method = req.method().as_str().to_owned();
     let raw_path = req.uri().path().to_owned();
-    let count = |decision: &'static str, reason: &'static str| {
-        inbound
-            .metrics
-            .http_requests
-            .get_or_create(&HttpLabels {
-                port: ctx.port_label.clone(),
-                decision,
-                reason,
-            })
-            .inc();
+    let refuse = |refusal: Refusal| {
+        let refusal = refusal.at(ctx.dst);
+        let refusal = match &ctx.caller {
+            Some(caller) => refusal.by(caller),
+            None => refusal,
+        };
+        refusal.record(&inbound.metrics, INBOUND, Refused::Request, ctx.peer);
     };
     let normalized = match http_path::normalize(&raw_path) {
         Ok(n) => n,
         Err(unsafe_path) => {
-            count("denied", "unsafe_path");
-            warn!(caller = %caller_name(&ctx.caller), peer = %ctx.peer, %method, path = %raw_path, reason = unsafe_path.0, "request refused: path cannot be normalized safely");
+            refuse(Refusal::new(
+                Reason::UnsafePath,
+                format!(
+                    "{method} {raw_path}: path cannot be normalized safely ({})",
+                    unsafe_path.0
+                ),
+            ));
             return text(
                 StatusCode::BAD_REQUEST,
                 "Bad request: path cannot be normalized safely\n",
@@ -158,11 +140,18 @@ async fn handle_request(
         .policy
         .check_request(ctx.caller.as_ref(), port, &method, path)
     {
-        count("denied", denial.reason);
-        warn!(caller = %caller_name(&ctx.caller), peer = %ctx.peer, %method, %path, reason = denial.reason, "request refused: {}", denial.detail);
+        refuse(denial.into());
         return text(StatusCode::FORBIDDEN, "Access denied\n");
     }
-    count("allowed", "policy");
+    inbound
+        .metrics
+        .http_requests
+        .get_or_create(&HttpLabels {
+            port: ctx.port_label.clone(),
+            decision: "allowed",
+            reason: "policy",
+        })
+        .inc();
 
     // Forward what was matched: the normalized path, with the original query.
     let target = match req.uri().query() {
@@ -170,7 +159,10 @@ async fn handle_request(
         None => format!("http://{}{}", ctx.dst, normalized.wire),
     };
     let Ok(uri) = target.parse::<Uri>() else {
-        count("denied", "bad_target");
+        refuse(Refusal::new(
+            Reason::BadTarget,
+            format!("{method} {path}: the request's target cannot be rebuilt"),
+        ));
         return text(StatusCode::BAD_REQUEST, "Bad request\n");
     };
     let is_h2 = req.version() == http::Version::HTTP_2;
@@ -238,8 +230,7 @@ async fn handle_request(
             match (caller_upgrade.await, app_upgrade.await) {
                 (Ok(c), Ok(a)) => {
                     let (mut c, mut a) = (TokioIo::new(c), TokioIo::new(a));
-                    crate::copy::bidirectional(crate::metrics::INBOUND, &metrics, &mut c, &mut a)
-                        .await;
+                    crate::copy::bidirectional(INBOUND, &metrics, &mut c, &mut a).await;
                 }
                 (c, a) => debug!(caller_ok = c.is_ok(), app_ok = a.is_ok(), "upgrade failed"),
             }

@@ -1,7 +1,5 @@
-//! Outbound: an app's connection, redirected to us, leaves as mTLS to the peer's proxy (or
-//! plain, per `outbound.mtls` and `outbound.destinations`).
-//!
-//! accept → original destination → route → connect (mTLS or plain) → copy.
+//! Accepting an outbound connection: accept → original destination → route → connect (mTLS
+//! or plain) → copy.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -11,19 +9,16 @@ use tokio::net::TcpStream;
 use tokio::sync::OwnedSemaphorePermit;
 use tracing::{debug, info};
 
-use crate::bulk;
-use crate::config::MtlsMode;
-use crate::config::Timeouts;
-use crate::connector::Connector;
-use crate::connector::{self, ConnectError};
+use super::connector::Connector;
+use super::routes::Routes;
+use super::{bulk, mesh_port, prevent_loop};
+use crate::config::{MtlsMode, Timeouts};
 use crate::copy;
-use crate::mesh_port;
-use crate::metrics::Metrics;
-use crate::metrics::OUTBOUND;
+use crate::dial::{self, ConnectError, Upstream};
+use crate::metrics::{Metrics, OUTBOUND};
 use crate::orig_dst::OriginalDst;
-use crate::prevent_loop;
-use crate::refusal::Refusal;
-use crate::routes::Routes;
+use crate::reason::Reason;
+use crate::refusal::{Refusal, Refused};
 use meshlet_identity::IdentityStore;
 
 /// What the outbound side needs, built once per proxy.
@@ -50,7 +45,7 @@ pub async fn handle(
 ) {
     let _active = outbound.metrics.track(OUTBOUND);
     if let Err(refusal) = serve(&outbound, app, peer, dst_mode).await {
-        refusal.record(&outbound.metrics, OUTBOUND, "connection", peer);
+        refusal.record(&outbound.metrics, OUTBOUND, Refused::Connection, peer);
     }
 }
 
@@ -62,7 +57,7 @@ async fn serve(
 ) -> Result<(), Refusal> {
     let dst = dst_mode.of(&app, peer).map_err(|e| {
         Refusal::new(
-            "no_original_dst",
+            Reason::NoOriginalDst,
             format!("not a redirected connection: {e}"),
         )
     })?;
@@ -126,7 +121,7 @@ async fn serve(
                     Ok(())
                 }
                 Err(e) if !proven && e.peer_is_not_mesh() => {
-                    info!(%peer, %dst, reason = e.reason(), error = %e, "auto: destination does not speak meshlet; falling back to plaintext");
+                    info!(%peer, %dst, reason = e.reason().label(), error = %e, "auto: destination does not speak meshlet; falling back to plaintext");
                     outbound.metrics.auto_fallbacks.inc();
                     outbound.routes.remember_plain(dst, generation);
                     plain(outbound, app, dst).await
@@ -160,11 +155,9 @@ async fn unless_no_proxy<F>(
     dst: SocketAddr,
     answered: &mesh_port::Answered,
     attempt: F,
-) -> Option<Result<(connector::Upstream, meshlet_identity::SpiffeId), ConnectError>>
+) -> Option<Result<(Upstream, meshlet_identity::SpiffeId), ConnectError>>
 where
-    F: std::future::Future<
-        Output = Result<(connector::Upstream, meshlet_identity::SpiffeId), ConnectError>,
-    >,
+    F: std::future::Future<Output = Result<(Upstream, meshlet_identity::SpiffeId), ConnectError>>,
 {
     let mut attempt = std::pin::pin!(attempt);
     tokio::select! {
@@ -190,7 +183,7 @@ where
 async fn relay_mesh(
     outbound: &Outbound,
     app: &mut TcpStream,
-    upstream: &mut connector::Upstream,
+    upstream: &mut Upstream,
     dst: SocketAddr,
 ) {
     outbound.metrics.opened(OUTBOUND, "mtls");
@@ -203,10 +196,14 @@ async fn relay_mesh(
 }
 
 async fn plain(outbound: &Outbound, mut app: TcpStream, dst: SocketAddr) -> Result<(), Refusal> {
-    let mut upstream = connector::connect_tcp(dst, outbound.timeouts.connect)
+    let mut upstream = dial::connect_tcp(dst, outbound.timeouts.connect)
         .await
         .map_err(|e| {
-            Refusal::new("connect_failed", format!("cannot connect to {dst}: {e}")).at(dst)
+            Refusal::new(
+                Reason::ConnectFailed,
+                format!("cannot connect to {dst}: {e}"),
+            )
+            .at(dst)
         })?;
     outbound.metrics.opened(OUTBOUND, "plain");
     copy::bidirectional(OUTBOUND, &outbound.metrics, &mut app, &mut upstream).await;

@@ -2,8 +2,9 @@
 //! are refused before anything reaches the app. In `permissive` mode they pass to policy as
 //! unauthenticated callers.
 
+use super::detect::Protocol;
 use crate::config::InboundMode;
-use crate::detect::Protocol;
+use crate::reason::Reason;
 use crate::refusal::Refusal;
 
 /// `protocol` is what the caller's first bytes showed (never `Mesh` or `Locate` here).
@@ -12,9 +13,9 @@ pub fn check(mode: InboundMode, protocol: Protocol) -> Result<(), Refusal> {
         return Ok(());
     }
     let (reason, what) = match protocol {
-        Protocol::ForeignTls => ("foreign_tls", "TLS without meshlet's ALPN"),
-        Protocol::Incomplete => ("plaintext", "nothing within the first-byte timeout"),
-        _ => ("plaintext", "plaintext"),
+        Protocol::ForeignTls => (Reason::ForeignTls, "TLS without meshlet's ALPN"),
+        Protocol::Incomplete => (Reason::Plaintext, "nothing within the first-byte timeout"),
+        _ => (Reason::Plaintext, "plaintext"),
     };
     Err(Refusal::new(
         reason,
@@ -32,19 +33,19 @@ mod tests {
             check(InboundMode::Strict, Protocol::Plain)
                 .unwrap_err()
                 .reason,
-            "plaintext"
+            Reason::Plaintext
         );
         assert_eq!(
             check(InboundMode::Strict, Protocol::ForeignTls)
                 .unwrap_err()
                 .reason,
-            "foreign_tls"
+            Reason::ForeignTls
         );
         assert_eq!(
             check(InboundMode::Strict, Protocol::Incomplete)
                 .unwrap_err()
                 .reason,
-            "plaintext"
+            Reason::Plaintext
         );
         assert!(check(InboundMode::Permissive, Protocol::Plain).is_ok());
         assert!(check(InboundMode::Permissive, Protocol::ForeignTls).is_ok());

@@ -1,4 +1,5 @@
-//! The pooled transport, client side: app connections to a peer become HTTP/2 CONNECT streams
+//! The pooled transport, client half (the server half is `inbound::pooled_server`, the wire
+//! they share `pooled_wire`): app connections to a peer become HTTP/2 CONNECT streams
 //! over one long-lived mTLS connection to that peer's proxy, so a new app connection costs no
 //! TLS handshake.
 //!
@@ -30,12 +31,12 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use meshlet_identity::SpiffeId;
 use tracing::{debug, info};
 
-use crate::connector::{check_pins, ConnectError, Dialer, Upstream};
+use super::mesh_port::Answered;
+use crate::dial::{check_pins, ConnectError, Dialer, Upstream};
 use crate::expiring::ExpiringMap;
 use crate::locate;
-use crate::mesh_port::Answered;
 use crate::metrics::OUTBOUND;
-use crate::mux_wire::{
+use crate::pooled_wire::{
     CONNECTION_WINDOW, LOCATED_HEADER, MAX_FRAME, NOT_LOCATED_HEADER, RETRY_HEADER, SEND_BUF,
     STREAM_WINDOW,
 };
@@ -246,9 +247,7 @@ impl Pool {
                     self.dialer
                         .metrics
                         .mux_streams
-                        .get_or_create(&crate::metrics::DirLabels {
-                            direction: OUTBOUND,
-                        })
+                        .get_or_create(&crate::metrics::DirLabels::of(OUTBOUND))
                         .inc();
                     return Ok((Upstream::Stream(io), conn.peer));
                 }
@@ -398,9 +397,7 @@ impl Pool {
         self.dialer
             .metrics
             .mux_connections
-            .get_or_create(&crate::metrics::DirLabels {
-                direction: OUTBOUND,
-            })
+            .get_or_create(&crate::metrics::DirLabels::of(OUTBOUND))
             .inc();
         info!(%dst, %peer, "pooled connection to a peer proxy opened");
         static NEXT_ID: AtomicU64 = AtomicU64::new(1);

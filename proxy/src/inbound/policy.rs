@@ -6,6 +6,8 @@
 use meshlet_identity::SpiffeId;
 
 use crate::config::RuleConfig;
+use crate::reason::{Denied, Reason};
+use crate::refusal::Refusal;
 
 /// What a connection may do once admitted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -16,11 +18,17 @@ pub enum Access {
     Http,
 }
 
-/// Why something was refused: a metric label and a sentence for the log.
+/// Why something was refused: the reason and a sentence for the log.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Denial {
-    pub reason: &'static str,
+    pub reason: Denied,
     pub detail: String,
+}
+
+impl From<Denial> for Refusal {
+    fn from(d: Denial) -> Self {
+        Refusal::new(Reason::Policy(d.reason), d.detail)
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -56,7 +64,7 @@ impl Policy {
         let Some(rules) = &self.rules else {
             return match caller {
                 Some(c) if c.trust_domain() != self.trust_domain => Err(Denial {
-                    reason: "foreign_trust_domain",
+                    reason: Denied::ForeignTrustDomain,
                     detail: format!(
                         "{c} is not of trust domain {} and no policy admits it",
                         self.trust_domain
@@ -72,7 +80,7 @@ impl Policy {
         };
         if !on_port().any(|r| self.caller_matches(r, caller)) {
             return Err(Denial {
-                reason: "no_matching_rule",
+                reason: Denied::NoMatchingRule,
                 detail: format!(
                     "no policy rule lets {} call port {port}",
                     caller_name(caller)
@@ -113,7 +121,7 @@ impl Policy {
             Ok(())
         } else {
             Err(Denial {
-                reason: "http_rule",
+                reason: Denied::HttpRule,
                 detail: format!(
                     "no policy rule lets {} {method} {path} on port {port}",
                     caller_name(caller)

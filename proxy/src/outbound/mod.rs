@@ -1,0 +1,17 @@
+//! Outbound: an app's connection, redirected to us, leaves as mTLS to the peer's proxy (or
+//! plain, per `outbound.mtls` and `outbound.destinations`).
+//!
+//! Follow one connection: [`accept`] learns its original destination ([`prevent_loop`]), the
+//! [`routes`] decide the mode, and the [`connector`] opens the path to the peer: a stream over
+//! a pooled connection ([`pooled_client`], which learns where a Service address leads through
+//! `locate`) or an mTLS connection of its own (`dial`), chosen per destination by [`bulk`]. In
+//! `auto` mode a silent destination's address is asked about meshlet's port ([`mesh_port`]).
+//! The context they read, built once per proxy, is [`accept::Outbound`].
+
+pub mod accept;
+pub mod bulk;
+pub mod connector;
+pub mod mesh_port;
+pub mod pooled_client;
+pub mod prevent_loop;
+pub mod routes;
