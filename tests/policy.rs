@@ -1,5 +1,5 @@
 //! The tutorial's Cilium mutual-authentication scenario, replayed with meshlet in network
-//! namespaces using the configuration in examples/cilium-mutual-auth/.
+//! namespaces with the policies of examples/kubernetes/cilium-mutual-auth/ (their ConfigMaps).
 
 mod common;
 
@@ -7,26 +7,29 @@ use std::net::SocketAddr;
 
 use common::*;
 
-/// The section of an example file that starts at `key:` (the identity paths are the harness's).
+/// The section at `key:` of the meshlet configuration that an example manifest's ConfigMap
+/// holds (its `meshlet.yaml`); the identity paths are the harness's.
 fn section(file: &str, key: &str) -> String {
-    let text = std::fs::read_to_string(format!(
-        "{}/examples/cilium-mutual-auth/{file}",
+    let path = format!(
+        "{}/examples/kubernetes/cilium-mutual-auth/{file}",
         env!("CARGO_MANIFEST_DIR")
-    ))
-    .unwrap();
-    let start = text
-        .find(&format!("\n{key}:"))
-        .unwrap_or_else(|| panic!("{file} has no {key}"));
-    let rest = &text[start + 1..];
-    let end = rest[1..]
-        .find("\n\n")
-        .or_else(|| rest[1..].find("\n#"))
-        .map(|i| i + 2)
-        .unwrap_or(rest.len());
-    let section: Vec<&str> = rest[..end]
+    );
+    let text = std::fs::read_to_string(&path).unwrap();
+    let config: Vec<&str> = text
         .lines()
-        .take_while(|l| l.starts_with(' ') || l.starts_with(key))
+        .skip_while(|l| l.trim() != "meshlet.yaml: |")
+        .skip(1)
+        .take_while(|l| l.starts_with("    "))
+        .map(|l| &l[4..])
         .collect();
+    let section: Vec<&str> = config
+        .iter()
+        .skip_while(|l| !l.starts_with(&format!("{key}:")))
+        .enumerate()
+        .take_while(|(i, l)| *i == 0 || l.starts_with(' '))
+        .map(|(_, l)| *l)
+        .collect();
+    assert!(!section.is_empty(), "{path}: its ConfigMap has no {key}");
     section.join("\n") + "\n"
 }
 
@@ -44,12 +47,12 @@ fn the_tutorials_mutual_auth_policy_holds_request_by_request() {
         (
             &worker,
             "/ns/default/sa/pod-worker",
-            section("pod-worker-meshlet.yaml", "outbound"),
+            section("pod-worker.yaml", "outbound"),
         ),
         (
             &echo,
             "/ns/default/sa/echo",
-            section("echo-meshlet.yaml", "inbound"),
+            section("echo.yaml", "inbound"),
         ),
         (&other, "/ns/default/sa/other", String::new()),
     ];
