@@ -36,7 +36,7 @@ pub enum CidrSelection {
     List(Vec<IpNet>),
 }
 
-/// Everything the capture rules depend on. Defaults are DESIGN.md's.
+/// Everything the capture rules depend on. The defaults are the README's (`meshlet init`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CaptureConfig {
     pub proxy_uid: u32,

@@ -1,4 +1,4 @@
-//! The proxy's configuration: DESIGN.md's YAML contract, every key also settable by flag and by
+//! The proxy's configuration: the README's YAML contract, every key also settable by flag and by
 //! `MESHLET_*` environment variable (flag and env win over the file, the file over defaults).
 //!
 //! A wrong configuration is refused with the file, the key and the reason.
