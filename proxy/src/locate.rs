@@ -143,7 +143,7 @@ impl Located {
     }
 }
 
-/// Claims the token of a stream's `mux_wire::LOCATED_HEADER` (see [`Located::claim`]); a header
+/// Claims the token of a stream's `pooled_wire::LOCATED_HEADER` (see [`Located::claim`]); a header
 /// that is not 32 hex digits claims nothing.
 pub fn claim_header(
     located: &Located,

@@ -1,4 +1,4 @@
-//! What the two halves of the pooled transport (client: `pool`, server: `mux`) agree on: the
+//! What the two halves of the pooled transport (`outbound::pooled_client`, `inbound::pooled_server`) agree on: the
 //! HTTP/2 tuning of a pooled connection and the headers of their small protocol on top of it.
 
 /// Flow-control windows: large enough that one stream can fill a fast link.
