@@ -1,5 +1,6 @@
-//! What the two halves of the pooled transport (`outbound::pooled_client`, `inbound::pooled_server`) agree on: the
-//! HTTP/2 tuning of a pooled connection and the headers of their small protocol on top of it.
+//! What the two halves of the pooled transport (`outbound::pooled_client`,
+//! `inbound::pooled_server`) agree on: the HTTP/2 tuning of a pooled connection and the headers
+//! of their small protocol on top of it.
 
 /// Flow-control windows: large enough that one stream can fill a fast link.
 pub const STREAM_WINDOW: u32 = 4 << 20;
