@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
-# The local demo: builds meshlet, then runs `meshlet demo` (two meshed pods and an outsider in
+# The local demo: builds meshlet (scripts/release-binary.sh), then runs `meshlet demo` (two meshed pods and an outsider in
 # network namespaces; needs root, so it asks sudo when you are not root). Extra arguments go to
 # `meshlet demo` (e.g. --keep, --cleanup).
 set -euo pipefail
 cd "$(dirname "$0")"
-cargo build --release --quiet
+meshlet=$(scripts/release-binary.sh)
 if [ "$(id -u)" -eq 0 ]; then
-  exec ./target/release/meshlet demo "$@"
+  exec "$meshlet" demo "$@"
 else
-  exec sudo ./target/release/meshlet demo "$@"
+  exec sudo "$meshlet" demo "$@"
 fi

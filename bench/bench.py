@@ -167,6 +167,13 @@ class Procs:
         return killed
 
 
+def release_binary():
+    """The project's one release build (scripts/release-binary.sh builds it if needed)."""
+    out = subprocess.run([os.path.join(ROOT, "scripts/release-binary.sh")], check=True,
+                         stdout=subprocess.PIPE, text=True)
+    return out.stdout.strip()
+
+
 def topology(topo):
     teardown()
     if not topo.service:
@@ -563,7 +570,7 @@ def main():
     ap.add_argument("--only", default="direct,relay,meshlet-plain,meshlet,meshlet-per-connection,haproxy,nginx,stunnel")
     ap.add_argument("--topologies", default="pods,service",
                     help="pods: client calls the server pod; service: client calls a Service address DNATed by a node to two server pods")
-    ap.add_argument("--meshlet", default=os.path.join(ROOT, "target/release/meshlet"))
+    ap.add_argument("--meshlet", help="the meshlet binary (default: the one scripts/release-binary.sh builds)")
     ap.add_argument("--out", default=os.path.join(ROOT, "bench/results/latest.json"))
     a = ap.parse_args()
     if a.smoke:
@@ -577,8 +584,7 @@ def main():
     missing = [t for t in ("ip", "wrk", "iperf3", "nginx", "haproxy", "stunnel", "setpriv", "prlimit") if not shutil.which(t)]
     if missing:
         sys.exit(f"missing tools: {' '.join(missing)} (apt-get install -y iproute2 wrk iperf3 nginx-light libnginx-mod-stream haproxy stunnel4 util-linux)")
-    if not os.path.exists(a.meshlet):
-        sh("cargo", "build", "--release", "--quiet", cwd=ROOT)
+    a.meshlet = a.meshlet or release_binary()
     d = tempfile.mkdtemp(prefix="meshlet-bench-")
     procs = Procs(d)
     runs, results, spreads = {}, {}, {}

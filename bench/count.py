@@ -272,7 +272,7 @@ def main():
     ap.add_argument("--connections", type=int, default=200, help="new connections")
     ap.add_argument("--bytes", type=int, default=32 << 20, help="bulk bytes")
     ap.add_argument("--no-callgrind", action="store_true", help="system calls only (fast)")
-    ap.add_argument("--meshlet", default=os.path.join(bench.ROOT, "target/release/meshlet"))
+    ap.add_argument("--meshlet", help="the meshlet binary (default: the one scripts/release-binary.sh builds)")
     ap.add_argument("--out", default=os.path.join(bench.ROOT, "bench/results/count.json"))
     a = ap.parse_args()
     if os.geteuid() != 0:
@@ -281,6 +281,7 @@ def main():
     missing = [t for t in tools if not shutil.which(t)]
     if missing:
         sys.exit(f"missing tools: {' '.join(missing)} (apt-get install -y linux-perf valgrind iperf3 nginx-light libnginx-mod-stream haproxy)")
+    a.meshlet = a.meshlet or bench.release_binary()
     d = tempfile.mkdtemp(prefix="meshlet-count-")
     os.chmod(d, 0o755)
     bench.certificates(a.meshlet, d)

@@ -27,12 +27,8 @@ if [ "${MESHLET_REBUILD_BASE:-0}" = 1 ] || ! docker image inspect "$base" >/dev/
   docker import --change 'CMD ["/bin/bash"]' "$tmp/rootfs.tar" "$base" >/dev/null
 fi
 
-# A static binary: it runs on any base, whatever its libc version. Its own target directory,
-# so that this also works while another cargo command holds target/ (e.g. from a test).
-host=$(rustc -vV | sed -n 's/^host: //p')
-RUSTFLAGS="-C target-feature=+crt-static" CARGO_TARGET_DIR=target/image \
-  cargo build --release --locked --quiet --bin meshlet --target "$host"
-strip -o target/image/meshlet "target/image/$host/release/meshlet"
+# The project's one release binary (static: it runs on any base, whatever its libc version).
+strip -o target/image/meshlet "$(scripts/release-binary.sh)"
 
 DOCKER_BUILDKIT=0 docker build --quiet --network=none --build-arg "BASE=$base" --target prebuilt -t "$tag" . >/dev/null
 echo "built $tag: $(docker image inspect "$tag" --format '{{.Size}}' | awk '{printf "%.0f MB", $1/1e6}')"

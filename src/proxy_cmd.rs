@@ -3,10 +3,10 @@
 use std::sync::Arc;
 
 use anyhow::Context;
-use meshlet_identity::{Identity, IdentityStore};
+use meshlet_identity::{workload_api, IdentityStore, Source};
 use meshlet_proxy::args::ProxyArgs;
 use meshlet_proxy::config::{Config, LogFormat};
-use meshlet_proxy::{rotation, spire, Listeners};
+use meshlet_proxy::Listeners;
 
 use crate::Failure;
 
@@ -19,7 +19,7 @@ pub fn run(args: ProxyArgs) -> Result<(), Failure> {
         .identity
         .spiffe_endpoint_socket
         .as_deref()
-        .map(spire::socket_path)
+        .map(workload_api::socket_path)
         .transpose()
         .map_err(|e| {
             Failure::Usage(format!(
@@ -49,39 +49,23 @@ pub fn run(args: ProxyArgs) -> Result<(), Failure> {
         // Before anything can announce readiness: see `termination_signal`.
         let mut stop = Box::pin(meshlet_proxy::termination_signal());
         let trust_domain = config.trust_domain.clone();
-        let files = config.identity_files();
-        // The identity first: from the SPIRE agent (waiting for it) or from files.
-        let (identity, source) = match &spire_socket {
-            Some(socket) => {
-                let (identity, stream) = tokio::select! {
-                    first = spire::first_identity(socket, &trust_domain) => first,
-                    _ = stop.as_mut() => return Ok(()),
-                };
-                let source = Source::WorkloadApi {
-                    socket: socket.clone(),
-                    stream,
-                };
-                (identity, source)
-            }
-            None => {
-                let provider = meshlet_identity::crypto_provider();
-                let identity = Identity::load(&files, &trust_domain, &provider)
-                    .context("cannot load the workload identity")?;
-                rotation::warn_if_expiring(&identity);
-                (identity, Source::Files)
-            }
+        // The identity first: from the SPIRE agent (waiting for it) or from files; then keep
+        // it current from wherever it came, counting every update.
+        let source = match spire_socket {
+            Some(socket) => Source::WorkloadApi(socket),
+            None => Source::Files(config.identity_files()),
+        };
+        let (identity, follower) = tokio::select! {
+            first = source.first(&trust_domain) => first.context("cannot load the workload identity")?,
+            _ = stop.as_mut() => return Ok(()),
         };
         let store = Arc::new(IdentityStore::new(identity));
         let listeners = Listeners::from_config(&config);
         let running = meshlet_proxy::start(config, store.clone(), listeners).await?;
         let metrics = running.metrics.clone();
-        // Then keep it current, from wherever it came.
-        let _source = match source {
-            Source::WorkloadApi { socket, stream } => {
-                tokio::spawn(spire::follow(socket, stream, store, trust_domain, metrics))
-            }
-            Source::Files => rotation::spawn_watcher(store, files, trust_domain, metrics)?,
-        };
+        let _following = follower
+            .follow(store, move |update| metrics.rotation(update))
+            .map_err(anyhow::Error::msg)?;
         let lifecycle = running.lifecycle.clone();
         tokio::spawn(async move {
             stop.await;
@@ -92,17 +76,6 @@ pub fn run(args: ProxyArgs) -> Result<(), Failure> {
         Ok::<(), anyhow::Error>(())
     })?;
     Ok(())
-}
-
-/// Where the workload identity comes from, and so what keeps it current.
-enum Source {
-    /// The SPIRE agent's Workload API: its stream of updates.
-    WorkloadApi {
-        socket: std::path::PathBuf,
-        stream: spire::SvidStream,
-    },
-    /// Files: watched, re-read on SIGHUP and periodically.
-    Files,
 }
 
 fn init_logging(config: &Config) {

@@ -50,9 +50,6 @@ pub struct WebhookArgs {
     allow_image: Vec<String>,
 }
 
-/// How often the certificate files are compared with what is served.
-const RELOAD_EVERY: Duration = Duration::from_secs(2);
-
 pub fn run(args: WebhookArgs) -> Result<(), Failure> {
     crate::init_cli_logging();
     let pair = load_pair(&args.cert, &args.key).map_err(Failure::Usage)?;
@@ -118,12 +115,8 @@ async fn serve(args: WebhookArgs, pair: Pair) -> Result<(), Failure> {
         .local_addr()
         .map_err(|e| Failure::Runtime(e.to_string()))?;
     info!(address = %local, image = %args.defaults.image, "meshlet webhook listening");
-    tokio::spawn(follow_files(
-        serving,
-        args.cert.clone(),
-        args.key.clone(),
-        pair.bytes,
-    ));
+    let _following = follow_files(serving, args.cert.clone(), args.key.clone(), pair.bytes)
+        .map_err(Failure::Runtime)?;
     let settings = Arc::new(meshlet_inject::settings::Settings {
         allowed_images: Some(args.allow_image.clone()),
         ..args.defaults.settings()
@@ -171,21 +164,21 @@ async fn serve(args: WebhookArgs, pair: Pair) -> Result<(), Failure> {
     }
 }
 
-/// Re-reads the certificate and key when their bytes change; a pair that does not load is
-/// reported and the last good one kept.
-async fn follow_files(
+/// Re-reads the certificate and key when they may have changed (meshlet-identity's file
+/// follower: directory events, SIGHUP, periodically) and their bytes did; a pair that does not
+/// load is reported and the last good one kept.
+fn follow_files(
     serving: Arc<Serving>,
     cert: PathBuf,
     key: PathBuf,
     mut last: (Vec<u8>, Vec<u8>),
-) {
-    let mut tick = tokio::time::interval(RELOAD_EVERY);
-    loop {
-        tick.tick().await;
+) -> Result<tokio::task::JoinHandle<()>, String> {
+    let files = [cert.clone(), key.clone()];
+    meshlet_identity::watch::watch(&[&files[0], &files[1]], move |_| {
         let now = (std::fs::read(&cert), std::fs::read(&key));
-        let (Ok(c), Ok(k)) = now else { continue };
+        let (Ok(c), Ok(k)) = now else { return };
         if (c.as_slice(), k.as_slice()) == (last.0.as_slice(), last.1.as_slice()) {
-            continue;
+            return;
         }
         match load_pair(&cert, &key) {
             Ok(pair) => {
@@ -194,12 +187,12 @@ async fn follow_files(
                 info!(cert = %cert.display(), "serving certificate reloaded");
             }
             Err(e) => {
-                // Half of a swap, most likely; the next tick sees the whole of it.
+                // Half of a swap, most likely; the next change or tick sees the whole of it.
                 warn!(error = %e, "serving certificate not reloaded; keeping the current one");
                 last = (c, k);
             }
         }
-    }
+    })
 }
 
 async fn handle(

@@ -1,20 +1,27 @@
 //! Workload identity for meshlet: what a SPIFFE ID is, what makes an X.509 certificate a valid
 //! SVID, how a peer's certificate is verified (by SPIFFE ID, never by DNS name), where our own
-//! SVID and trust bundle come from, and how certificates are issued for demos and tests.
+//! SVID and trust bundle come from and what keeps them current (`follow`: files or the
+//! Workload API), and how certificates are issued for demos and tests.
 #![forbid(unsafe_code)]
 
 pub mod bundle;
 pub mod files;
+pub mod follow;
+pub mod grpc;
 pub mod inspect;
 pub mod issue;
 pub mod reason;
+pub mod rotation;
 pub mod source;
 pub mod spiffe_id;
 pub mod svid;
 pub mod verifiers;
 pub mod verify;
+pub mod watch;
+pub mod workload_api;
 
 pub use bundle::TrustBundles;
+pub use follow::{Follower, Source};
 pub use reason::{CertReason, TlsFailure};
 pub use source::{Identity, IdentityFiles, IdentityStore, LoadError};
 pub use spiffe_id::SpiffeId;

@@ -20,7 +20,7 @@ use prost::Message;
 use serde::Deserialize;
 use tokio::net::TcpStream;
 
-use crate::grpc;
+use meshlet_identity::grpc;
 
 /// One probe as configured: the port its original resolves to and what to run there.
 #[derive(Clone, Debug, Deserialize)]

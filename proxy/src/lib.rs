@@ -22,7 +22,6 @@ pub mod config;
 pub mod copy;
 pub mod dial;
 pub mod expiring;
-pub mod grpc;
 pub mod id_match;
 pub mod inbound;
 pub mod lifecycle;
@@ -36,8 +35,6 @@ pub mod read_ahead;
 pub mod reason;
 pub mod refusal;
 pub mod rewind;
-pub mod rotation;
-pub mod spire;
 pub mod tls;
 
 use std::net::SocketAddr;

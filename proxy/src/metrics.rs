@@ -214,6 +214,17 @@ impl Metrics {
         ActiveGuard(gauge)
     }
 
+    /// Counts an identity update that was applied or refused (`identity_rotations_total`).
+    pub fn rotation(&self, update: meshlet_identity::rotation::Update) {
+        use meshlet_identity::rotation::Update;
+        let result = match update {
+            Update::Applied => "applied",
+            Update::Refused => "refused",
+            Update::Unchanged => return,
+        };
+        self.rotations.get_or_create(&ResultLabels { result }).inc();
+    }
+
     pub fn refused(&self, direction: Direction, reason: &'static str) {
         self.refused
             .get_or_create(&ReasonLabels {

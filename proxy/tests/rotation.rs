@@ -8,8 +8,7 @@ use std::time::Duration;
 
 use common::*;
 use meshlet_identity::issue::{Ca, Pem};
-use meshlet_identity::{crypto_provider, Identity, IdentityFiles, IdentityStore};
-use meshlet_proxy::rotation;
+use meshlet_identity::{crypto_provider, Identity, IdentityFiles, IdentityStore, Source};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -92,13 +91,14 @@ async fn rotation_of_bundles_and_leaves_applies_to_new_handshakes_and_spares_ope
         (&server_store, &server_dir, &server),
         (&client_store, &client_dir, &client),
     ] {
-        rotation::spawn_watcher(
-            store.clone(),
-            IdentityFiles::in_dir(dir),
-            TD.into(),
-            running.metrics.clone(),
-        )
-        .unwrap();
+        let (_, follower) = Source::Files(IdentityFiles::in_dir(dir))
+            .first(TD)
+            .await
+            .unwrap();
+        let metrics = running.metrics.clone();
+        follower
+            .follow(store.clone(), move |update| metrics.rotation(update))
+            .unwrap();
     }
     let entry = client.outbound_addrs[0];
     let mut open = TcpStream::connect(entry).await.unwrap();

@@ -13,9 +13,10 @@ use hyper::body::{Body, Frame, Incoming};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use meshlet_identity::issue::{Ca, Pem};
 use meshlet_identity::source::parse_certs;
-use meshlet_identity::{crypto_provider, IdentityStore, SpiffeId, SpiffeServerVerifier};
-use meshlet_proxy::grpc;
-use meshlet_proxy::spire::{self, proto};
+use meshlet_identity::workload_api::{self, proto};
+use meshlet_identity::{
+    crypto_provider, grpc, IdentityStore, Source, SpiffeId, SpiffeServerVerifier,
+};
 use rustls::pki_types::{PrivateKeyDer, ServerName};
 use rustls_pki_types::pem::PemObject;
 use tokio::net::{TcpStream, UnixListener};
@@ -55,9 +56,9 @@ impl FakeAgent {
                         hyper::service::service_fn(move |req: http::Request<Incoming>| {
                             let a = a.clone();
                             async move {
-                                assert_eq!(req.uri().path(), spire::FETCH_X509_SVID);
+                                assert_eq!(req.uri().path(), workload_api::FETCH_X509_SVID);
                                 assert_eq!(
-                                    req.headers().get(spire::SECURITY_HEADER).unwrap(),
+                                    req.headers().get(workload_api::SECURITY_HEADER).unwrap(),
                                     "true"
                                 );
                                 let (tx, rx) = mpsc::unbounded_channel();
@@ -153,27 +154,24 @@ async fn updates_from_the_workload_api_are_used_by_the_next_handshake() {
     // The proxy waits for the agent's first SVID.
     let waiting = tokio::spawn({
         let socket = socket.clone();
-        async move { spire::first_identity(&socket, TD).await }
+        async move { Source::WorkloadApi(socket).first(TD).await.unwrap() }
     });
     agent.send(&update(
         &ca,
         &leaf(&ca, "/ns/default/sa/echo-v1", |_| {}),
         v1,
     ));
-    let (identity, stream) = tokio::time::timeout(std::time::Duration::from_secs(5), waiting)
+    let (identity, follower) = tokio::time::timeout(std::time::Duration::from_secs(5), waiting)
         .await
         .unwrap()
         .unwrap();
     let store = Arc::new(IdentityStore::new(identity));
     let echo = echo().await;
     let server = proxy(config(""), store.clone(), echo.addr, echo.addr).await;
-    tokio::spawn(spire::follow(
-        socket.clone(),
-        stream,
-        store.clone(),
-        TD.into(),
-        server.metrics.clone(),
-    ));
+    let counted = server.metrics.clone();
+    follower
+        .follow(store.clone(), move |update| counted.rotation(update))
+        .unwrap();
 
     let client = leaf(&ca, "/ns/default/sa/pod-worker", |_| {});
     let verifying = common::store(&ca, &client);
@@ -282,16 +280,13 @@ async fn the_proxy_reconnects_when_the_agent_goes_away() {
         &leaf(&ca, "/a", |_| {}),
         "spiffe://cluster.local/a",
     ));
-    let (identity, stream) = spire::first_identity(&socket, TD).await;
+    let (identity, follower) = Source::WorkloadApi(socket.clone()).first(TD).await.unwrap();
     let store = Arc::new(IdentityStore::new(identity));
     let metrics = Arc::new(meshlet_proxy::metrics::Metrics::new());
-    tokio::spawn(spire::follow(
-        socket.clone(),
-        stream,
-        store.clone(),
-        TD.into(),
-        metrics,
-    ));
+    let counted = metrics.clone();
+    follower
+        .follow(store.clone(), move |update| counted.rotation(update))
+        .unwrap();
     // The agent restarts: its streams end, a new agent listens on the same socket.
     agent.calls.lock().unwrap().clear();
     std::fs::remove_file(&socket).unwrap();

@@ -14,15 +14,15 @@ use bytes::BytesMut;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use meshlet_identity::{Identity, IdentityStore, TrustBundles};
 use prost::Message;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use tokio::net::UnixStream;
 use tracing::{info, warn};
 
+use crate::bundle::TrustBundles;
 use crate::grpc;
-use crate::metrics::Metrics;
-use crate::rotation;
+use crate::rotation::{self, Update};
+use crate::source::{Identity, IdentityStore};
 
 /// The messages of `workload.proto` this client uses.
 pub mod proto {
@@ -199,14 +199,8 @@ pub fn identity_from(
             .insert(td, certs)
             .map_err(|e| format!("federated bundle of {td}: {e}"))?;
     }
-    Identity::from_parts(
-        chain,
-        key,
-        bundles,
-        trust_domain,
-        &meshlet_identity::crypto_provider(),
-    )
-    .map_err(|(part, e)| format!("SVID {} ({part:?}): {e}", svid.spiffe_id))
+    Identity::from_parts(chain, key, bundles, trust_domain, &crate::crypto_provider())
+        .map_err(|(part, e)| format!("SVID {} ({part:?}): {e}", svid.spiffe_id))
 }
 
 const BACKOFF_START: Duration = Duration::from_millis(100);
@@ -242,13 +236,14 @@ pub async fn first_identity(socket: &Path, trust_domain: &str) -> (Identity, Svi
     }
 }
 
-/// Applies every later update to the store, reconnecting with backoff, until the process ends.
+/// Applies every later update to the store, reconnecting with backoff, until the process ends;
+/// `on_update` hears what each update did.
 pub async fn follow(
     socket: PathBuf,
     mut stream: SvidStream,
     store: Arc<IdentityStore>,
     trust_domain: String,
-    metrics: Arc<Metrics>,
+    on_update: impl Fn(Update),
 ) {
     let mut backoff = BACKOFF_START;
     loop {
@@ -256,12 +251,11 @@ pub async fn follow(
             match stream.next().await {
                 Ok(Some(update)) => {
                     backoff = BACKOFF_START;
-                    rotation::apply(
+                    on_update(rotation::apply(
                         &store,
                         identity_from(&update, &trust_domain),
-                        &metrics,
                         rotation::Trigger::WorkloadApi,
-                    );
+                    ));
                 }
                 Ok(None) => {
                     warn!("the Workload API ended the stream; reconnecting");

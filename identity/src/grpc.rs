@@ -1,5 +1,5 @@
-//! The little of gRPC's wire format the proxy speaks as a client (the SPIFFE Workload API and
-//! the apps' gRPC health probes): length-prefixed protobuf messages in HTTP/2 bodies and the
+//! The little of gRPC's wire format meshlet speaks as a client (the SPIFFE Workload API here,
+//! and the proxy's gRPC health probes of apps): length-prefixed protobuf messages in HTTP/2 bodies and the
 //! `grpc-status` outcome in headers or trailers. Both callers use hyper and prost directly
 //! rather than a second HTTP/2 stack.
 
