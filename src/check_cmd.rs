@@ -4,10 +4,11 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use clap::Args;
+use meshlet_defaults::values::{CERT_FILE, IDENTITY_DIR};
 
 use crate::Failure;
 
@@ -20,7 +21,7 @@ pub struct CheckArgs {
     #[arg(long, default_value_t = meshlet_defaults::CHECK_PORT)]
     check_port: u16,
     /// The SVID file, read for its SPIFFE ID when present (not with SPIRE).
-    #[arg(long, default_value = "/var/run/secrets/meshlet/tls.crt")]
+    #[arg(long, default_value_os_t = Path::new(IDENTITY_DIR).join(CERT_FILE))]
     cert: PathBuf,
     /// An identity with less time left than this fails the check.
     #[arg(long, default_value = "5m", value_parser = meshlet_defaults::parse_duration)]

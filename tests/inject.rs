@@ -484,3 +484,63 @@ fn a_host_network_pod_written_the_yaml_1_1_way_is_left_alone() {
         );
     }
 }
+
+/// An annotation that becomes a proxy variable is accepted exactly when the proxy accepts that
+/// variable: one contract (meshlet-defaults), not two lists that drift apart.
+#[test]
+fn an_annotation_is_accepted_exactly_when_the_proxy_accepts_the_variable_it_becomes() {
+    use meshlet_defaults::keys::{INBOUND_MODE, LOG_LEVEL, TRUST_DOMAIN};
+    use meshlet_inject::settings::{IdentitySource, Settings, SidecarMode};
+    use meshlet_proxy::config::{Config, Override};
+    let cases = [
+        (
+            "inbound-mode",
+            INBOUND_MODE,
+            &["strict", "permissive", "Strict", "lax"][..],
+        ),
+        (
+            "log-level",
+            LOG_LEVEL,
+            &["debug", "meshlet_proxy=debug,info", "off", "loud"],
+        ),
+        (
+            "trust-domain",
+            TRUST_DOMAIN,
+            &[
+                "cluster.local",
+                "prod.example",
+                "Cluster.Local",
+                "a/b",
+                "td x",
+            ],
+        ),
+    ];
+    for (annotation, key, values) in cases {
+        for value in values {
+            let annotations = std::collections::BTreeMap::from([(
+                format!("meshlet.io/{annotation}"),
+                value.to_string(),
+            )]);
+            let injector =
+                Settings::defaults("meshlet:0.1.0", SidecarMode::Native, IdentitySource::Spire)
+                    .with_annotations(&annotations);
+            let proxy = Config::parse(
+                "",
+                "test",
+                &[Override {
+                    key: key.key,
+                    value: value.to_string(),
+                    origin: key.env(),
+                    yaml: key.yaml,
+                }],
+            );
+            assert_eq!(
+                injector.is_ok(),
+                proxy.is_ok(),
+                "{annotation}: {value:?} (injector {:?}, proxy {:?})",
+                injector.err(),
+                proxy.err().map(|e| e.to_string())
+            );
+        }
+    }
+}

@@ -1,8 +1,15 @@
-//! The defaults that the capture rules (`meshlet init`), the proxy, the injector and the lab must
-//! agree on, defined once, and the small forms they all write values in (port ranges,
-//! durations). Each can be changed by flag or configuration; the two sides must then
-//! be given the same values.
+//! The contract that the capture rules (`meshlet init`), the proxy, the injector and the lab
+//! must agree on, defined once: the defaults (uid, ports), the small forms they all write
+//! values in (port ranges, durations), the proxy's configuration keys with their flags and
+//! variables (`keys`), and the values the injector writes for the proxy (`values`). Each
+//! default can be changed by flag or configuration; the two sides must then be given the
+//! same values.
 #![forbid(unsafe_code)]
+
+pub mod keys;
+pub mod values;
+
+pub use values::InboundMode;
 
 /// The proxy's uid: its own connections are exempt from capture.
 pub const PROXY_UID: u32 = 1337;

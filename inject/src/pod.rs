@@ -273,7 +273,7 @@ fn app_probe_entries(spec: &Value) -> Map<String, Value> {
         .filter(|c| c.get("name").and_then(Value::as_str) == Some(PROXY_NAME))
         .filter_map(|c| c.get("env").and_then(Value::as_array))
         .flatten()
-        .find(|e| e.get("name").and_then(Value::as_str) == Some(probes::ENV))
+        .find(|e| e.get("name").and_then(Value::as_str) == Some(probes::env().as_str()))
         .and_then(|e| e.get("value").and_then(Value::as_str))
         .and_then(|v| serde_json::from_str::<Map<String, Value>>(v).ok())
         .unwrap_or_default()

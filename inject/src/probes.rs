@@ -16,8 +16,10 @@ pub const KINDS: &[(&str, &str)] = &[
     ("startupProbe", "startup"),
 ];
 
-/// The environment variable (and configuration key `admin.app_probes`) the proxy reads.
-pub const ENV: &str = "MESHLET_ADMIN_APP_PROBES";
+/// The environment variable (of the configuration key `admin.app_probes`) the proxy reads.
+pub fn env() -> String {
+    meshlet_defaults::keys::APP_PROBES.env()
+}
 
 const HANDLERS: &[&str] = &["httpGet", "tcpSocket", "grpc"];
 

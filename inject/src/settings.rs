@@ -7,6 +7,9 @@ use std::collections::BTreeMap;
 use std::str::FromStr;
 
 use ipnet::IpNet;
+use meshlet_defaults::values::check_log_level;
+use meshlet_defaults::InboundMode;
+use meshlet_identity::spiffe_id::validate_trust_domain;
 use meshlet_init::model::{
     parse_cidr_selection, parse_cidrs, parse_port_selection, parse_ports, CaptureConfig,
 };
@@ -149,7 +152,7 @@ pub struct Settings {
     pub sidecar: SidecarMode,
     pub identity: IdentitySource,
     pub trust_domain: Option<String>,
-    pub inbound_mode: Option<String>,
+    pub inbound_mode: Option<InboundMode>,
     /// What `meshlet-init` captures (its flags).
     pub capture: CaptureConfig,
     pub mtls_cidrs: Vec<IpNet>,
@@ -212,10 +215,7 @@ impl Settings {
                 "sidecar" => self.sidecar = v.parse().map_err(bad)?,
                 "identity" => self.identity = v.parse().map_err(bad)?,
                 "trust-domain" => self.trust_domain = Some(trust_domain(v).map_err(bad)?),
-                "inbound-mode" => match v {
-                    "strict" | "permissive" => self.inbound_mode = Some(v.to_owned()),
-                    _ => return Err(bad(format!("{v:?}: expected strict or permissive"))),
-                },
+                "inbound-mode" => self.inbound_mode = Some(v.parse().map_err(bad)?),
                 // The capture annotations take exactly what `meshlet init` takes.
                 "include-inbound-ports" => {
                     self.capture.include_inbound_ports =
@@ -258,16 +258,10 @@ impl Settings {
                 "proxy-memory-request" => self.memory_request = Some(v.parse().map_err(bad)?),
                 "proxy-cpu-limit" => self.cpu_limit = Some(v.parse().map_err(bad)?),
                 "proxy-memory-limit" => self.memory_limit = Some(v.parse().map_err(bad)?),
-                "log-level" => match v {
-                    "trace" | "debug" | "info" | "warn" | "error" => {
-                        self.log_level = Some(v.to_owned())
-                    }
-                    _ => {
-                        return Err(bad(format!(
-                            "{v:?}: expected trace, debug, info, warn or error"
-                        )))
-                    }
-                },
+                "log-level" => {
+                    check_log_level(v).map_err(bad)?;
+                    self.log_level = Some(v.to_owned());
+                }
                 // Written by the injector itself; not a setting.
                 INJECTED_KEY => {}
                 _ => {
@@ -317,18 +311,11 @@ fn parse_switch(v: &str) -> Result<bool, String> {
     }
 }
 
+/// A trust domain as the proxy reads `trust_domain` (meshlet-identity's rule).
 fn trust_domain(v: &str) -> Result<String, String> {
-    let ok = !v.is_empty()
-        && v.len() <= 255
-        && v.chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '-' | '_'));
-    if ok {
-        Ok(v.to_owned())
-    } else {
-        Err(format!(
-            "{v:?} is not a trust domain (lower-case letters, digits, '.', '-', '_')"
-        ))
-    }
+    validate_trust_domain(v)
+        .map(|()| v.to_owned())
+        .map_err(|e| e.to_string())
 }
 
 /// An annotation with a value the injector cannot use.

@@ -3,6 +3,10 @@
 
 use serde_json::{json, Map, Value};
 
+use meshlet_defaults::keys::{
+    APP_PROBES, CONFIG_ENV, INBOUND_MODE, LOG_LEVEL, OUTBOUND_DESTINATIONS, TRUST_DOMAIN,
+};
+use meshlet_defaults::values::IDENTITY_DIR;
 use meshlet_defaults::{ADMIN_PORT, PROXY_UID};
 
 use crate::settings::{IdentitySource, Settings, SidecarMode};
@@ -13,8 +17,7 @@ pub const PROXY_NAME: &str = "meshlet";
 pub const IDENTITY_VOLUME: &str = "meshlet-identity";
 pub const CONFIG_VOLUME: &str = "meshlet-config";
 
-/// Where the identity and the configuration are mounted (the proxy's defaults).
-const IDENTITY_DIR: &str = "/var/run/secrets/meshlet";
+/// Where the configuration is mounted (the identity: where the proxy looks by default).
 const CONFIG_DIR: &str = "/etc/meshlet";
 const SPIRE_DIR: &str = "/spiffe-workload-api";
 /// The binary's path in the image, for the classic sidecar's postStart hook.
@@ -108,13 +111,13 @@ fn env(s: &Settings, app_probes: &Map<String, Value>) -> Vec<Value> {
     let mut env = Vec::new();
     let mut var = |name: &str, value: String| env.push(json!({"name": name, "value": value}));
     if s.policy.is_some() {
-        var("MESHLET_CONFIG", format!("{CONFIG_DIR}/meshlet.yaml"));
+        var(CONFIG_ENV, format!("{CONFIG_DIR}/meshlet.yaml"));
     }
     if let Some(td) = &s.trust_domain {
-        var("MESHLET_TRUST_DOMAIN", td.clone());
+        var(&TRUST_DOMAIN.env(), td.clone());
     }
-    if let Some(mode) = &s.inbound_mode {
-        var("MESHLET_INBOUND_MODE", mode.clone());
+    if let Some(mode) = s.inbound_mode {
+        var(&INBOUND_MODE.env(), mode.as_str().to_owned());
     }
     if !s.mtls_cidrs.is_empty() {
         let destinations: Vec<Value> = s
@@ -123,12 +126,12 @@ fn env(s: &Settings, app_probes: &Map<String, Value>) -> Vec<Value> {
             .map(|n| json!({"cidr": n.to_string(), "mtls": "mtls"}))
             .collect();
         var(
-            "MESHLET_OUTBOUND_DESTINATIONS",
+            &OUTBOUND_DESTINATIONS.env(),
             Value::Array(destinations).to_string(),
         );
     }
     if let Some(level) = &s.log_level {
-        var("MESHLET_LOG_LEVEL", level.clone());
+        var(&LOG_LEVEL.env(), level.clone());
     }
     if s.identity == IdentitySource::Spire {
         var(
@@ -138,7 +141,7 @@ fn env(s: &Settings, app_probes: &Map<String, Value>) -> Vec<Value> {
     }
     if !app_probes.is_empty() {
         var(
-            crate::probes::ENV,
+            &APP_PROBES.env(),
             Value::Object(app_probes.clone()).to_string(),
         );
     }

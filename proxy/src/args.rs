@@ -2,240 +2,33 @@
 //! from a `MESHLET_*` environment variable. Flags and env override the file.
 
 use std::path::PathBuf;
+use std::sync::OnceLock;
 
 use clap::{Arg, ArgMatches, Command};
+use meshlet_defaults::keys::{Key, CONFIG_ENV, KEYS, SPIFFE_ENDPOINT_SOCKET};
 
 use crate::config::{Config, ConfigError, Override};
 
-/// A configuration key settable by flag and by environment variable.
-struct Key {
-    /// The configuration key, as in the YAML file.
-    key: &'static str,
-    /// `--` + the key with `.` and `_` as `-` (a unit test checks the derivation).
-    flag: &'static str,
-    /// `MESHLET_` + the key upper-cased with `.` as `_` (likewise checked).
-    env: &'static str,
-    help: &'static str,
-    /// The value is YAML (numbers, lists), not a plain string.
-    yaml: bool,
+/// The keys, each with its flag and variable (derived from the key by `meshlet-defaults`),
+/// made once: clap borrows the names for the life of the process.
+struct Named {
+    key: Key,
+    flag: String,
+    env: String,
 }
 
-const fn key(
-    key: &'static str,
-    flag: &'static str,
-    env: &'static str,
-    help: &'static str,
-    yaml: bool,
-) -> Key {
-    Key {
-        key,
-        flag,
-        env,
-        help,
-        yaml,
-    }
+fn keys() -> &'static [Named] {
+    static NAMED: OnceLock<Vec<Named>> = OnceLock::new();
+    NAMED.get_or_init(|| {
+        KEYS.iter()
+            .map(|k| Named {
+                key: *k,
+                flag: k.flag(),
+                env: k.env(),
+            })
+            .collect()
+    })
 }
-
-/// Every key settable by flag and environment: the one list the flags, the variables and the
-/// overrides are made from.
-const KEYS: &[Key] = &[
-    key(
-        "trust_domain",
-        "trust-domain",
-        "MESHLET_TRUST_DOMAIN",
-        "trust_domain",
-        false,
-    ),
-    key(
-        "identity.cert",
-        "identity-cert",
-        "MESHLET_IDENTITY_CERT",
-        "identity.cert: certificate chain, leaf first",
-        false,
-    ),
-    key(
-        "identity.key",
-        "identity-key",
-        "MESHLET_IDENTITY_KEY",
-        "identity.key: private key (PKCS#8, SEC1 or PKCS#1)",
-        false,
-    ),
-    key(
-        "identity.bundle",
-        "identity-bundle",
-        "MESHLET_IDENTITY_BUNDLE",
-        "identity.bundle: trust anchors of the trust domain",
-        false,
-    ),
-    key(
-        "identity.spiffe_endpoint_socket",
-        "identity-spiffe-endpoint-socket",
-        "MESHLET_IDENTITY_SPIFFE_ENDPOINT_SOCKET",
-        "identity.spiffe_endpoint_socket: SPIRE Workload API socket",
-        false,
-    ),
-    key(
-        "inbound.port",
-        "inbound-port",
-        "MESHLET_INBOUND_PORT",
-        "inbound.port",
-        true,
-    ),
-    key(
-        "inbound.mode",
-        "inbound-mode",
-        "MESHLET_INBOUND_MODE",
-        "inbound.mode: strict | permissive",
-        false,
-    ),
-    key(
-        "inbound.policy",
-        "inbound-policy",
-        "MESHLET_INBOUND_POLICY",
-        "inbound.policy, as YAML (a list of rules)",
-        true,
-    ),
-    key(
-        "inbound.max_connections",
-        "inbound-max-connections",
-        "MESHLET_INBOUND_MAX_CONNECTIONS",
-        "inbound.max_connections",
-        true,
-    ),
-    key(
-        "outbound.port",
-        "outbound-port",
-        "MESHLET_OUTBOUND_PORT",
-        "outbound.port",
-        true,
-    ),
-    key(
-        "outbound.mtls",
-        "outbound-mtls",
-        "MESHLET_OUTBOUND_MTLS",
-        "outbound.mtls: auto | mtls | off",
-        false,
-    ),
-    key(
-        "outbound.transport",
-        "outbound-transport",
-        "MESHLET_OUTBOUND_TRANSPORT",
-        "outbound.transport: pooled | per_connection",
-        false,
-    ),
-    key(
-        "outbound.destinations",
-        "outbound-destinations",
-        "MESHLET_OUTBOUND_DESTINATIONS",
-        "outbound.destinations, as YAML (a list)",
-        true,
-    ),
-    key(
-        "outbound.auto_fallback_ttl",
-        "outbound-auto-fallback-ttl",
-        "MESHLET_OUTBOUND_AUTO_FALLBACK_TTL",
-        "outbound.auto_fallback_ttl (e.g. 60s)",
-        false,
-    ),
-    key(
-        "outbound.auto_detect_timeout",
-        "outbound-auto-detect-timeout",
-        "MESHLET_OUTBOUND_AUTO_DETECT_TIMEOUT",
-        "outbound.auto_detect_timeout (e.g. 2s)",
-        false,
-    ),
-    key(
-        "outbound.bulk_rate",
-        "outbound-bulk-rate",
-        "MESHLET_OUTBOUND_BULK_RATE",
-        "outbound.bulk_rate: bytes/s that make a destination bulk (0 = never)",
-        true,
-    ),
-    key(
-        "outbound.max_connections",
-        "outbound-max-connections",
-        "MESHLET_OUTBOUND_MAX_CONNECTIONS",
-        "outbound.max_connections",
-        true,
-    ),
-    key(
-        "admin.address",
-        "admin-address",
-        "MESHLET_ADMIN_ADDRESS",
-        "admin.address (host:port)",
-        false,
-    ),
-    key(
-        "admin.app_probes",
-        "admin-app-probes",
-        "MESHLET_ADMIN_APP_PROBES",
-        "admin.app_probes, as YAML or JSON (written by meshlet inject)",
-        true,
-    ),
-    key(
-        "log.format",
-        "log-format",
-        "MESHLET_LOG_FORMAT",
-        "log.format: text | json",
-        false,
-    ),
-    key(
-        "log.level",
-        "log-level",
-        "MESHLET_LOG_LEVEL",
-        "log.level: trace | debug | info | warn | error (or a filter)",
-        false,
-    ),
-    key(
-        "workers",
-        "workers",
-        "MESHLET_WORKERS",
-        "workers: runtime worker threads (0 = one per CPU)",
-        true,
-    ),
-    key(
-        "timeouts.connect",
-        "timeouts-connect",
-        "MESHLET_TIMEOUTS_CONNECT",
-        "timeouts.connect",
-        false,
-    ),
-    key(
-        "timeouts.handshake",
-        "timeouts-handshake",
-        "MESHLET_TIMEOUTS_HANDSHAKE",
-        "timeouts.handshake",
-        false,
-    ),
-    key(
-        "timeouts.first_byte",
-        "timeouts-first-byte",
-        "MESHLET_TIMEOUTS_FIRST_BYTE",
-        "timeouts.first_byte",
-        false,
-    ),
-    key(
-        "timeouts.server_first",
-        "timeouts-server-first",
-        "MESHLET_TIMEOUTS_SERVER_FIRST",
-        "timeouts.server_first: permissive mode's wait before a silent caller is plaintext",
-        false,
-    ),
-    key(
-        "timeouts.http_idle",
-        "timeouts-http-idle",
-        "MESHLET_TIMEOUTS_HTTP_IDLE",
-        "timeouts.http_idle: how long an inbound HTTP keep-alive connection may idle",
-        false,
-    ),
-    key(
-        "timeouts.drain",
-        "timeouts-drain",
-        "MESHLET_TIMEOUTS_DRAIN",
-        "timeouts.drain: grace period for open connections at shutdown",
-        false,
-    ),
-];
 
 /// `meshlet proxy`'s arguments: the configuration file and the keys given by flag or variable.
 #[derive(Debug, Default, Clone)]
@@ -269,18 +62,18 @@ impl clap::Args for ProxyArgs {
         let cmd = cmd.arg(
             Arg::new("config")
                 .long("config")
-                .env("MESHLET_CONFIG")
+                .env(CONFIG_ENV)
                 .value_name("FILE")
                 .value_parser(clap::value_parser!(PathBuf))
                 .help("YAML configuration file (all keys optional)"),
         );
-        KEYS.iter().fold(cmd, |cmd, k| {
+        keys().iter().fold(cmd, |cmd, k| {
             cmd.arg(
-                Arg::new(k.key)
-                    .long(k.flag)
-                    .env(k.env)
-                    .value_name(if k.yaml { "YAML" } else { "VALUE" })
-                    .help(k.help),
+                Arg::new(k.key.key)
+                    .long(k.flag.as_str())
+                    .env(k.env.as_str())
+                    .value_name(if k.key.yaml { "YAML" } else { "VALUE" })
+                    .help(k.key.help),
             )
         })
     }
@@ -296,12 +89,12 @@ impl ProxyArgs {
         self.given
             .iter()
             .map(|(i, value)| {
-                let k = &KEYS[*i];
+                let k = &keys()[*i];
                 Override {
-                    key: k.key,
+                    key: k.key.key,
                     value: value.clone(),
                     origin: format!("--{} (or {})", k.flag, k.env),
-                    yaml: k.yaml,
+                    yaml: k.key.yaml,
                 }
             })
             .collect()
@@ -313,11 +106,11 @@ impl ProxyArgs {
         let socket_given = self
             .given
             .iter()
-            .any(|(i, _)| KEYS[*i].key == "identity.spiffe_endpoint_socket");
+            .any(|(i, _)| KEYS[*i] == SPIFFE_ENDPOINT_SOCKET);
         if !socket_given {
             if let Ok(socket) = std::env::var("SPIFFE_ENDPOINT_SOCKET") {
                 overrides.push(Override {
-                    key: "identity.spiffe_endpoint_socket",
+                    key: SPIFFE_ENDPOINT_SOCKET.key,
                     value: socket,
                     origin: "SPIFFE_ENDPOINT_SOCKET".into(),
                     yaml: false,
@@ -335,19 +128,6 @@ mod tests {
     use clap::{Args, FromArgMatches};
 
     #[test]
-    fn flags_and_variables_are_derived_from_the_keys() {
-        for k in KEYS {
-            assert_eq!(k.flag, k.key.replace(['.', '_'], "-"), "{}", k.key);
-            assert_eq!(
-                k.env,
-                format!("MESHLET_{}", k.key.replace('.', "_").to_uppercase()),
-                "{}",
-                k.key
-            );
-        }
-    }
-
-    #[test]
     fn every_key_is_a_configuration_key_that_a_flag_sets() {
         let cmd = ProxyArgs::augment_args(Command::new("proxy"));
         for k in KEYS {
@@ -360,7 +140,7 @@ mod tests {
             };
             let m = cmd
                 .clone()
-                .try_get_matches_from(["proxy", &format!("--{}", k.flag), value])
+                .try_get_matches_from(["proxy", &format!("--{}", k.flag()), value])
                 .unwrap();
             let args = ProxyArgs::from_arg_matches(&m).unwrap();
             let o = args.overrides();

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use ipnet::IpNet;
+use meshlet_defaults::values::{BUNDLE_FILE, CERT_FILE, IDENTITY_DIR, KEY_FILE};
 use meshlet_defaults::{parse_duration, PortRange};
 use meshlet_identity::spiffe_id::validate_trust_domain;
 use meshlet_identity::{IdentityFiles, SpiffeId};
@@ -43,12 +44,8 @@ pub struct IdentityConfig {
     pub spiffe_endpoint_socket: Option<String>,
 }
 
-#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum InboundMode {
-    Strict,
-    Permissive,
-}
+/// `inbound.mode`: the injector writes it too, so its values are the contract's.
+pub use meshlet_defaults::InboundMode;
 
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -302,9 +299,9 @@ impl Default for Config {
 impl Default for IdentityConfig {
     fn default() -> Self {
         IdentityConfig {
-            cert: "/var/run/secrets/meshlet/tls.crt".into(),
-            key: "/var/run/secrets/meshlet/tls.key".into(),
-            bundle: "/var/run/secrets/meshlet/ca.crt".into(),
+            cert: Path::new(IDENTITY_DIR).join(CERT_FILE),
+            key: Path::new(IDENTITY_DIR).join(KEY_FILE),
+            bundle: Path::new(IDENTITY_DIR).join(BUNDLE_FILE),
             spiffe_endpoint_socket: None,
         }
     }
@@ -558,12 +555,8 @@ impl Config {
                 ),
             ));
         }
-        if tracing_level_ok(&self.log.level).is_err() {
-            return Err((
-                "log.level".into(),
-                format!("{:?} is not a level or filter (trace, debug, info, warn, error, or e.g. meshlet_proxy=debug)", self.log.level),
-            ));
-        }
+        meshlet_defaults::values::check_log_level(&self.log.level)
+            .map_err(|e| ("log.level".into(), e))?;
         for (i, rule) in self.inbound.policy.iter().flatten().enumerate() {
             let at = |field: &str| format!("inbound.policy[{i}].{field}");
             if rule.ports.is_empty() {
@@ -591,22 +584,6 @@ impl Config {
             key: self.identity.key.clone(),
             bundle: self.identity.bundle.clone(),
         }
-    }
-}
-
-fn tracing_level_ok(level: &str) -> Result<(), ()> {
-    // Accepts a plain level or a tracing filter directive list; refuses obvious garbage.
-    let ok = level.split(',').all(|d| {
-        let lvl = d.rsplit('=').next().unwrap_or("");
-        matches!(
-            lvl.trim().to_ascii_lowercase().as_str(),
-            "trace" | "debug" | "info" | "warn" | "error" | "off"
-        )
-    });
-    if ok && !level.is_empty() {
-        Ok(())
-    } else {
-        Err(())
     }
 }
 
