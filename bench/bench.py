@@ -31,6 +31,11 @@ connects to 198.18.9.10:18443. Every server pod runs its own app, iperf3 and ser
 the bulk (iperf3) Services have one backend, since iperf3's control and data connections must
 meet the same server.
 
+The namespaces are built here, in Python, rather than with meshlet-lab (the Rust harness the
+tests and the demo use, whose pods share a bridge): the benchmark needs only a release binary
+and its peers, and a veth pair between the two pods; the Service node follows the same recipe as
+the lab's `make_node` (routing, DNAT per connection, sources kept).
+
 Run as root: `sudo bench/bench.py` (full), `bench/bench.py --smoke` (seconds, numbers not judged).
 Writes bench/results/latest.json and prints a table.
 """
