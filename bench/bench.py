@@ -344,11 +344,69 @@ def meshlet_conf(d, who, transport):
     return path
 
 
+# ztunnel, when bench.py is given its binary (--ztunnel or MESHLET_BENCH_ZTUNNEL): built from
+# its own source beside the project (see bench/README.md), never fetched or built by this script.
+ZTUNNEL = None
+# The packet mark ztunnel sets on its own connections; the client pod's redirect spares them.
+ZTUNNEL_MARK = 1337
+
+
+def ztunnel_xds(d, topo):
+    """ztunnel's local XDS file: the pods as HBONE workloads and, in the Service topology, the
+    Service with its address and ports (ztunnel balances over the endpoints itself; iperf's
+    port has one endpoint, as the node's translation does)."""
+    svc = "bench/app.bench.svc.cluster.local"
+    lines = ["workloads:"]
+    pods = [("client", CLIENT_IP, "client", None)] + [
+        (f"server{i or ''}", ip, "server", {80: 8080, 5201: 5201} if i == 0 else {80: 8080})
+        for i, (_, ip) in enumerate(topo.servers)]
+    for name, ip, sa, ports in pods:
+        lines += [f"- uid: cluster1//v1/Pod/bench/{name}", f"  name: {name}", "  namespace: bench",
+                  f"  serviceAccount: {sa}", f"  workloadIps: [\"{ip}\"]", "  protocol: HBONE",
+                  f"  node: {name}", "  network: \"\""]
+        if ports and topo.service:
+            lines += ["  services:", f"    \"{svc}\":"] + [f"      {p}: {t}" for p, t in ports.items()]
+    if topo.service:
+        lines += ["services:", "- name: app", "  namespace: bench", "  hostname: app.bench.svc.cluster.local",
+                  f"  vips: [\"/{VIP}\"]", "  ports:", "    80: 8080", "    5201: 0"]
+    path = f"{d}/ztunnel-xds.yaml"
+    open(path, "w").write("\n".join(lines) + "\n")
+    return path
+
+
+def start_ztunnel(procs, d, name, netns, pod, sa, xds):
+    """One ztunnel as it runs in a pod in dedicated mode: its workload's identity from the fake
+    CA, the local XDS file, one worker thread (as meshlet's `workers: 1`)."""
+    env = ["env", "PROXY_MODE=dedicated", f"PROXY_WORKLOAD_INFO=bench/{pod}/{sa}", "FAKE_CA=true",
+           f"LOCAL_XDS_PATH={xds}", "XDS_ADDRESS=", "CA_ADDRESS=", "ZTUNNEL_WORKER_THREADS=1",
+           f"PACKET_MARK={ZTUNNEL_MARK}", "ENABLE_ORIG_SRC=false", "RUST_LOG=warn"]
+    procs.start(name, env + [ZTUNNEL], netns=netns)
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        if procs.procs[name].poll() is not None:
+            raise RuntimeError(f"{name} exited: {open(os.path.join(procs.logdir, name + '.log')).read()[-2000:]}")
+        r = ns(netns, "bash", "-c", "exec 3<>/dev/tcp/127.0.0.1/15021 && printf 'GET /healthz/ready HTTP/1.0\\r\\n\\r\\n' >&3 && head -c 12 <&3", check=False)
+        if "200" in r.stdout:
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"{name} not ready after 30 s: {open(os.path.join(procs.logdir, name + '.log')).read()[-2000:]}")
+
+
 def start_pair(kind, procs, d, meshlet, topo):
     """Starts the proxies of `kind`; returns (http target, iperf target host, iperf port, names)."""
     if kind == "direct":
         return f"{topo.host}:{topo.app_port}", topo.host, 5201, []
     servers = [(f"{kind}-server{i or ''}", netns, ip) for i, (netns, ip) in enumerate(topo.servers)]
+    if kind == "ztunnel":
+        xds = ztunnel_xds(d, topo)
+        # The client pod's app connections go to ztunnel's outbound port, its own do not
+        # (ztunnel's redirect rules for dedicated mode); servers take HBONE on 15008 directly.
+        ns(CLIENT, "iptables", "-w", "-t", "nat", "-A", "OUTPUT", "-p", "tcp", "!", "-o", "lo", "-m", "mark",
+           "!", "--mark", f"{ZTUNNEL_MARK:#x}/0xfff", "-j", "REDIRECT", "--to-ports", "15001")
+        start_ztunnel(procs, d, "ztunnel-client", CLIENT, "client", "client", xds)
+        for i, (name, netns, _) in enumerate(servers):
+            start_ztunnel(procs, d, name, netns, f"server{i or ''}", "server", xds)
+        return f"{topo.host}:{topo.app_port}", topo.host, 5201, ["ztunnel-client"] + [n for n, _, _ in servers]
     if kind.startswith("meshlet"):
         # "meshlet": the default pooled transport; "meshlet-per-connection": one mTLS connection
         # each; "meshlet-plain": the same capture and relaying without TLS (a floor, not a mode
@@ -576,6 +634,8 @@ def main():
     ap.add_argument("--topologies", default="pods,service",
                     help="pods: client calls the server pod; service: client calls a Service address DNATed by a node to two server pods")
     ap.add_argument("--meshlet", help="the meshlet binary (default: the one scripts/release-binary.sh builds)")
+    ap.add_argument("--ztunnel", default=os.environ.get("MESHLET_BENCH_ZTUNNEL"),
+                    help="a ztunnel binary (built with --features testing) to measure beside the others; without it ztunnel is skipped")
     ap.add_argument("--out", default=os.path.join(ROOT, "bench/results/latest.json"))
     a = ap.parse_args()
     if a.smoke:
@@ -590,6 +650,13 @@ def main():
     if missing:
         sys.exit(f"missing tools: {' '.join(missing)} (apt-get install -y iproute2 wrk iperf3 nginx-light libnginx-mod-stream haproxy stunnel4 util-linux)")
     a.meshlet = a.meshlet or release_binary()
+    global ZTUNNEL
+    kinds = [k for k in a.only.split(",") if k != "ztunnel"]
+    if a.ztunnel:
+        ZTUNNEL = os.path.abspath(a.ztunnel)
+        kinds.append("ztunnel")
+    elif "ztunnel" in a.only.split(","):
+        print("note: ztunnel skipped: give its binary with --ztunnel PATH (or MESHLET_BENCH_ZTUNNEL)", file=sys.stderr)
     d = tempfile.mkdtemp(prefix="meshlet-bench-")
     procs = Procs(d)
     runs, results, spreads = {}, {}, {}
@@ -599,7 +666,7 @@ def main():
         # machine does not land on one scenario only; the table shows medians.
         for run in range(a.runs):
             for topo in [Topo(t == "service") for t in a.topologies.split(",")]:
-                for kind in a.only.split(","):
+                for kind in kinds:
                     label = topo.prefix + kind
                     print(f"== {label} (run {run + 1}/{a.runs})", file=sys.stderr, flush=True)
                     # Fresh namespaces per scenario: connection-tracking entries left by one scenario

@@ -653,7 +653,10 @@ fn auto_sends_no_plaintext_to_a_silent_server_when_only_an_icmp_refusal_says_no_
         "PONG",
         "an ICMP refusal is not the destination's answer: no plaintext"
     );
-    let proxy_log = std::fs::read_to_string(mesh.dir.join("client/proxy.log")).unwrap();
+    let proxy_log = log_with(
+        &mesh.dir.join("client/proxy.log"),
+        &["silence proves nothing"],
+    );
     assert!(
         proxy_log.contains("silence proves nothing"),
         "the refusal says why: {proxy_log}"

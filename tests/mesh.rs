@@ -93,7 +93,10 @@ fn a_pod_without_the_mesh_is_refused_in_strict_mode_and_passes_in_permissive_mod
         mesh.get(&outsider, addr(&strict, 8080), &["/"]).is_err(),
         "strict must refuse plaintext"
     );
-    let log = std::fs::read_to_string(mesh.dir.join("strict/proxy.log")).unwrap();
+    let log = log_with(
+        &mesh.dir.join("strict/proxy.log"),
+        &["connection refused", "198.18.0.1", "plaintext"],
+    );
     assert!(
         log.contains("connection refused")
             && log.contains("198.18.0.1")
@@ -137,7 +140,7 @@ fn an_mtls_destination_without_a_mesh_peer_fails_with_nothing_in_plaintext_and_a
         !contains(&pcap, b"/must-not-leak"),
         "application bytes were sent in plaintext"
     );
-    let log = std::fs::read_to_string(mesh.dir.join("mtls/proxy.log")).unwrap();
+    let log = log_with(&mesh.dir.join("mtls/proxy.log"), &["mtls is required"]);
     assert!(log.contains("mtls is required"), "{log}");
 
     let reply = mesh

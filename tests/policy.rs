@@ -139,7 +139,15 @@ fn the_tutorials_mutual_auth_policy_holds_request_by_request() {
         "a pod without the mesh must be refused"
     );
 
-    let log = std::fs::read_to_string(mesh.dir.join("echo/proxy.log")).unwrap();
+    let log = log_with(
+        &mesh.dir.join("echo/proxy.log"),
+        &[
+            "request refused",
+            "/headers-1",
+            "connection refused",
+            "sa/other",
+        ],
+    );
     assert!(
         log.contains("request refused")
             && log.contains("/headers-1")

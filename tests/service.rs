@@ -292,7 +292,11 @@ fn the_inbound_side_never_relays_to_an_address_that_is_not_its_pods() {
             caller.name
         );
     }
-    let echo_log = std::fs::read_to_string(mesh.dir.join("echo/proxy.log")).unwrap();
+    let (pooled_at, per_conn_at) = (format!("{}:", pooled.ip), format!("{}:", per_conn.ip));
+    let echo_log = log_with(
+        &mesh.dir.join("echo/proxy.log"),
+        &["foreign_target", &pooled_at, &per_conn_at],
+    );
     for caller in [&pooled, &per_conn] {
         assert!(
             echo_log.lines().any(|l| l.contains("foreign_target")

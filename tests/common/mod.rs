@@ -70,6 +70,20 @@ pub fn nat_rules(lab: &Lab, pod: &Pod, save_tool: &str) -> String {
         .join("\n")
 }
 
+/// A proxy's log once it holds every one of `needles`, or as it is after 10 s. A refused
+/// connection is closed when its handler returns, and its log line is written just after: a
+/// caller can see the close before the line is there.
+pub fn log_with(path: &Path, needles: &[&str]) -> String {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let log = std::fs::read_to_string(path).unwrap_or_default();
+        if needles.iter().all(|n| log.contains(n)) || std::time::Instant::now() > deadline {
+            return log;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
 pub fn count(haystack: &str, needle: &str) -> usize {
     haystack.matches(needle).count()
 }
