@@ -2,6 +2,8 @@
 //! both directions, through a Service address and pod to pod. The previous release's binary is
 //! built from git (`.ci/run` builds the commit named in `.ci/previous-release`) and named by
 //! MESHLET_PREVIOUS_BIN; without it the test skips, unless MESHLET_REQUIRE_ROLLOUT_TESTS=1.
+//! CI builds it beside the suite: MESHLET_PREVIOUS_BIN_WAIT (seconds) says how long the test
+//! may wait for the binary to appear.
 
 mod common;
 
@@ -13,9 +15,16 @@ use common::*;
 const VIP: Ipv4Addr = Ipv4Addr::new(198, 18, 9, 20);
 
 fn previous_or_skip(test: &str) -> Option<PathBuf> {
-    let bin = std::env::var_os("MESHLET_PREVIOUS_BIN")
-        .map(PathBuf::from)
-        .filter(|p| p.exists());
+    let named = std::env::var_os("MESHLET_PREVIOUS_BIN").map(PathBuf::from);
+    let wait = std::env::var("MESHLET_PREVIOUS_BIN_WAIT")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .map_or(std::time::Duration::ZERO, std::time::Duration::from_secs);
+    let deadline = std::time::Instant::now() + wait;
+    while named.as_ref().is_some_and(|p| !p.exists()) && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_secs(1));
+    }
+    let bin = named.filter(|p| p.exists());
     if bin.is_none() {
         let why = "MESHLET_PREVIOUS_BIN does not name the previous release's meshlet binary";
         if std::env::var("MESHLET_REQUIRE_ROLLOUT_TESTS").as_deref() == Ok("1") {
