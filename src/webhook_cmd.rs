@@ -153,11 +153,15 @@ async fn serve(args: WebhookArgs, pair: Pair) -> Result<(), Failure> {
             builder
                 .http1()
                 .timer(TokioTimer::new())
-                .header_read_timeout(webhook_limits::HEADER_TIMEOUT);
+                .header_read_timeout(webhook_limits::HEADER_TIMEOUT)
+                .max_buf_size(webhook_limits::READ_BUFFER);
             builder
                 .http2()
                 .timer(TokioTimer::new())
                 .max_concurrent_streams(webhook_limits::MAX_STREAMS)
+                .initial_stream_window_size(webhook_limits::STREAM_WINDOW)
+                .initial_connection_window_size(webhook_limits::CONNECTION_WINDOW)
+                .adaptive_window(false)
                 .keep_alive_interval(Duration::from_secs(30));
             let _ = builder.serve_connection(TokioIo::new(tls), service).await;
         });

@@ -12,7 +12,12 @@
 //!   value costs up to 16 times its text (`[0,0,…]`), and a Pod has far fewer;
 //! - at most [`REVIEWS_AT_ONCE`] bodies are parsed and reviewed at a time;
 //! - at most [`MAX_CONNECTIONS`] connections are open, each with at most
-//!   [`MAX_STREAMS`] HTTP/2 requests.
+//!   [`MAX_STREAMS`] HTTP/2 requests;
+//! - what a caller may send before the webhook reads it (and counts it against the budget) is
+//!   small: HTTP/2 flow-control windows of [`STREAM_WINDOW`] per request and
+//!   [`CONNECTION_WINDOW`] per connection, an HTTP/1 read buffer of at most [`READ_BUFFER`].
+//!   (hyper's defaults, 2 MiB per stream and 5 MiB per connection, let two dozen callers park
+//!   40 MiB in buffers the budget never sees, more the slower the webhook reads.)
 //!
 //! Peak: BODY_BUDGET + REVIEWS_AT_ONCE × (a Pod, parsed, patched and answered: ~6 times its
 //! text, ~10 MiB) + the process;
@@ -34,6 +39,9 @@ pub const MAX_JSON_VALUES: usize = 100_000;
 pub const REVIEWS_AT_ONCE: usize = 1;
 pub const MAX_CONNECTIONS: usize = 64;
 pub const MAX_STREAMS: u32 = 8;
+pub const STREAM_WINDOW: u32 = 64 << 10;
+pub const CONNECTION_WINDOW: u32 = MAX_STREAMS * STREAM_WINDOW;
+pub const READ_BUFFER: usize = 64 << 10;
 
 /// Budget permits are KiB.
 const KIB: usize = 1024;
