@@ -366,6 +366,8 @@ def ztunnel_xds(d, topo):
                   f"  node: {name}", "  network: \"\""]
         if ports and topo.service:
             lines += ["  services:", f"    \"{svc}\":"] + [f"      {p}: {t}" for p, t in ports.items()]
+        else:
+            lines.append("  services: {}")
     if topo.service:
         lines += ["services:", "- name: app", "  namespace: bench", "  hostname: app.bench.svc.cluster.local",
                   f"  vips: [\"/{VIP}\"]", "  ports:", "    80: 8080", "    5201: 0"]
