@@ -383,15 +383,7 @@ def start_ztunnel(procs, d, name, netns, pod, sa, xds):
            f"LOCAL_XDS_PATH={xds}", "XDS_ADDRESS=", "CA_ADDRESS=", "ZTUNNEL_WORKER_THREADS=1",
            f"PACKET_MARK={ZTUNNEL_MARK}", "ENABLE_ORIG_SRC=false", "RUST_LOG=warn"]
     procs.start(name, env + [ZTUNNEL], netns=netns)
-    deadline = time.time() + 30
-    while time.time() < deadline:
-        if procs.procs[name].poll() is not None:
-            raise RuntimeError(f"{name} exited: {open(os.path.join(procs.logdir, name + '.log')).read()[-2000:]}")
-        r = ns(netns, "bash", "-c", "exec 3<>/dev/tcp/127.0.0.1/15021 && printf 'GET /healthz/ready HTTP/1.0\\r\\n\\r\\n' >&3 && head -c 12 <&3", check=False)
-        if "200" in r.stdout:
-            return
-        time.sleep(0.05)
-    raise RuntimeError(f"{name} not ready after 30 s: {open(os.path.join(procs.logdir, name + '.log')).read()[-2000:]}")
+    wait_ready(procs, name, netns, "/healthz/ready")
 
 
 def start_pair(kind, procs, d, meshlet, topo):
@@ -448,14 +440,15 @@ def stop_pair(procs, names):
     procs.stop(names)
 
 
-def wait_ready(procs, name, netns):
-    """Waits for the proxy `name` in `netns` to answer /ready; says why when it does not."""
+def wait_ready(procs, name, netns, path="/ready"):
+    """Waits for the proxy `name` in `netns` to answer `path` on 15021 (meshlet's admin port,
+    ztunnel's readiness port); says why when it does not."""
     deadline = time.time() + 30
     log = os.path.join(procs.logdir, f"{name}.log")
     while time.time() < deadline:
         if procs.procs[name].poll() is not None:
             raise RuntimeError(f"{name} in {netns} exited: {open(log).read()[-2000:]}")
-        r = ns(netns, "bash", "-c", "exec 3<>/dev/tcp/127.0.0.1/15021 && printf 'GET /ready HTTP/1.0\\r\\n\\r\\n' >&3 && head -c 12 <&3", check=False)
+        r = ns(netns, "bash", "-c", f"exec 3<>/dev/tcp/127.0.0.1/15021 && printf 'GET {path} HTTP/1.0\\r\\n\\r\\n' >&3 && head -c 12 <&3", check=False)
         if "200" in r.stdout:
             return
         time.sleep(0.05)
