@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use anyhow::Context;
-use meshlet_identity::{workload_api, IdentityStore, Source};
+use meshlet_identity::IdentityStore;
 use meshlet_proxy::args::ProxyArgs;
 use meshlet_proxy::config::{Config, LogFormat};
 use meshlet_proxy::Listeners;
@@ -15,17 +15,9 @@ pub fn run(args: ProxyArgs) -> Result<(), Failure> {
         .load()
         .map_err(|e| Failure::Usage(format!("invalid configuration: {e}")))?;
     init_logging(&config);
-    let spire_socket = config
-        .identity
-        .spiffe_endpoint_socket
-        .as_deref()
-        .map(workload_api::socket_path)
-        .transpose()
-        .map_err(|e| {
-            Failure::Usage(format!(
-                "invalid configuration: identity.spiffe_endpoint_socket: {e}"
-            ))
-        })?;
+    let source = config
+        .identity_source()
+        .map_err(|e| Failure::Usage(format!("invalid configuration: {e}")))?;
 
     let workers = match config.workers {
         0 => std::thread::available_parallelism()
@@ -49,12 +41,8 @@ pub fn run(args: ProxyArgs) -> Result<(), Failure> {
         // Before anything can announce readiness: see `termination_signal`.
         let mut stop = Box::pin(meshlet_proxy::termination_signal());
         let trust_domain = config.trust_domain.clone();
-        // The identity first: from the SPIRE agent (waiting for it) or from files; then keep
-        // it current from wherever it came, counting every update.
-        let source = match spire_socket {
-            Some(socket) => Source::WorkloadApi(socket),
-            None => Source::Files(config.identity_files()),
-        };
+        // The identity first: from the SPIRE agent or the issuer (waiting for it) or from
+        // files; then keep it current from wherever it came, counting every update.
         let (identity, follower) = tokio::select! {
             first = source.first(&trust_domain) => first.context("cannot load the workload identity")?,
             _ = stop.as_mut() => return Ok(()),

@@ -40,6 +40,16 @@ pub const SPIFFE_ENDPOINT_SOCKET: Key = key(
     "identity.spiffe_endpoint_socket: SPIRE Workload API socket",
     false,
 );
+pub const IDENTITY_ISSUER: Key = key(
+    "identity.issuer",
+    "identity.issuer: the meshlet issuer's https:// address (the SVID is asked for, never read from files)",
+    false,
+);
+pub const IDENTITY_TOKEN: Key = key(
+    "identity.token",
+    "identity.token: the service-account token shown to the issuer",
+    false,
+);
 pub const INBOUND_MODE: Key = key("inbound.mode", "inbound.mode: strict | permissive", false);
 pub const OUTBOUND_DESTINATIONS: Key = key(
     "outbound.destinations",
@@ -76,6 +86,8 @@ pub const KEYS: &[Key] = &[
         false,
     ),
     SPIFFE_ENDPOINT_SOCKET,
+    IDENTITY_ISSUER,
+    IDENTITY_TOKEN,
     key("inbound.port", "inbound.port", true),
     INBOUND_MODE,
     key(

@@ -1,11 +1,13 @@
 //! The contract that the capture rules (`meshlet init`), the proxy, the injector and the lab
 //! must agree on, defined once: the defaults (uid, ports), the small forms they all write
 //! values in (port ranges, durations), the proxy's configuration keys with their flags and
-//! variables (`keys`), and the values the injector writes for the proxy (`values`). Each
+//! variables (`keys`), the values the injector writes for the proxy (`values`), and how the
+//! sidecar asks `meshlet issuer` for its SVID (`issuer`). Each
 //! default can be changed by flag or configuration; the two sides must then be given the
 //! same values.
 #![forbid(unsafe_code)]
 
+pub mod issuer;
 pub mod keys;
 pub mod values;
 

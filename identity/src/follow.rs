@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use crate::rotation::{self, Update};
 use crate::source::{Identity, IdentityFiles, IdentityStore, LoadError};
+use crate::issuer_client::IssuerSource;
 use crate::workload_api::{self, SvidStream};
 
 /// Where the identity comes from.
@@ -18,6 +19,9 @@ pub enum Source {
     Files(IdentityFiles),
     /// The SPIFFE Workload API (the SPIRE agent) at this unix socket: its stream of updates.
     WorkloadApi(PathBuf),
+    /// `meshlet issuer`: a key made in memory, an SVID asked for with the pod's token, renewed
+    /// at about half its life.
+    Issuer(IssuerSource),
 }
 
 /// A source that gave its first identity, ready to be followed.
@@ -29,6 +33,7 @@ pub struct Follower {
 enum Followed {
     Files(IdentityFiles),
     WorkloadApi { socket: PathBuf, stream: SvidStream },
+    Issuer(IssuerSource),
 }
 
 impl Source {
@@ -45,6 +50,7 @@ impl Source {
                 let (identity, stream) = workload_api::first_identity(&socket, trust_domain).await;
                 (identity, Followed::WorkloadApi { socket, stream })
             }
+            Source::Issuer(issuer) => (issuer.first(trust_domain).await, Followed::Issuer(issuer)),
         };
         let follower = Follower {
             trust_domain: trust_domain.to_owned(),
@@ -77,6 +83,11 @@ impl Follower {
             Followed::WorkloadApi { socket, stream } => Ok(tokio::spawn(workload_api::follow(
                 socket,
                 stream,
+                store,
+                trust_domain,
+                on_update,
+            ))),
+            Followed::Issuer(issuer) => Ok(tokio::spawn(issuer.follow(
                 store,
                 trust_domain,
                 on_update,

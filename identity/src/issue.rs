@@ -42,6 +42,7 @@ pub struct Ca {
 pub struct LeafSpec {
     pub uris: Vec<String>,
     pub dns: Vec<String>,
+    pub ips: Vec<std::net::IpAddr>,
     pub not_before: OffsetDateTime,
     pub not_after: OffsetDateTime,
     pub is_ca: bool,
@@ -57,6 +58,7 @@ impl LeafSpec {
         LeafSpec {
             uris: vec![id.to_string()],
             dns: Vec::new(),
+            ips: Vec::new(),
             not_before: now - time::Duration::minutes(1),
             not_after: now + ttl,
             is_ca: false,
@@ -157,57 +159,73 @@ impl Ca {
 
     /// Signs a leaf as `spec` describes, with a fresh ECDSA P-256 key.
     pub fn issue(&self, spec: &LeafSpec) -> Result<Pem, IssueError> {
-        let mut params = CertificateParams::default();
-        params
-            .distinguished_name
-            .push(DnType::OrganizationName, "meshlet");
-        if let Some(first) = spec.uris.first() {
-            params
-                .distinguished_name
-                .push(DnType::CommonName, first.clone());
-        }
-        params.subject_alt_names = spec
-            .uris
-            .iter()
-            .map(|u| ia5(u).map(SanType::URI))
-            .chain(spec.dns.iter().map(|d| ia5(d).map(SanType::DnsName)))
-            .collect::<Result<_, _>>()?;
-        params.not_before = spec.not_before;
-        params.not_after = spec.not_after;
-        params.serial_number = Some(serial());
-        params.use_authority_key_identifier_extension = true;
-        if spec.is_ca {
-            params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-            params.key_usages = vec![
-                KeyUsagePurpose::KeyCertSign,
-                KeyUsagePurpose::DigitalSignature,
-            ];
-        } else {
-            params.is_ca = IsCa::ExplicitNoCa;
-            params.key_usages = if spec.digital_signature {
-                vec![
-                    KeyUsagePurpose::DigitalSignature,
-                    KeyUsagePurpose::KeyEncipherment,
-                ]
-            } else {
-                vec![KeyUsagePurpose::KeyEncipherment]
-            };
-        }
-        if let Some(eku) = &spec.eku {
-            params.extended_key_usages = eku.clone();
-        }
         let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
-        let cert = params.signed_by(&key, &self.issuer)?;
+        let cert = leaf_params(spec)?.signed_by(&key, &self.issuer)?;
         Ok(Pem {
             cert: cert.pem(),
             key: key.serialize_pem(),
         })
     }
 
+    /// Signs a leaf as `spec` describes for a key held elsewhere (the public key of a CSR whose
+    /// signature was checked): the PEM certificate.
+    pub fn issue_for_key(
+        &self,
+        spec: &LeafSpec,
+        public_key: &impl rcgen::PublicKeyData,
+    ) -> Result<String, IssueError> {
+        Ok(leaf_params(spec)?.signed_by(public_key, &self.issuer)?.pem())
+    }
+
     /// An SVID for `id`: the common case.
     pub fn issue_svid(&self, id: &SpiffeId, ttl: Duration) -> Result<Pem, IssueError> {
         self.issue(&LeafSpec::svid(id, ttl))
     }
+}
+
+/// The certificate a [`LeafSpec`] describes.
+fn leaf_params(spec: &LeafSpec) -> Result<CertificateParams, IssueError> {
+    let mut params = CertificateParams::default();
+    params
+        .distinguished_name
+        .push(DnType::OrganizationName, "meshlet");
+    if let Some(first) = spec.uris.first() {
+        params
+            .distinguished_name
+            .push(DnType::CommonName, first.clone());
+    }
+    params.subject_alt_names = spec
+        .uris
+        .iter()
+        .map(|u| ia5(u).map(SanType::URI))
+        .chain(spec.dns.iter().map(|d| ia5(d).map(SanType::DnsName)))
+        .chain(spec.ips.iter().map(|ip| Ok(SanType::IpAddress(*ip))))
+        .collect::<Result<_, _>>()?;
+    params.not_before = spec.not_before;
+    params.not_after = spec.not_after;
+    params.serial_number = Some(serial());
+    params.use_authority_key_identifier_extension = true;
+    if spec.is_ca {
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+    } else {
+        params.is_ca = IsCa::ExplicitNoCa;
+        params.key_usages = if spec.digital_signature {
+            vec![
+                KeyUsagePurpose::DigitalSignature,
+                KeyUsagePurpose::KeyEncipherment,
+            ]
+        } else {
+            vec![KeyUsagePurpose::KeyEncipherment]
+        };
+    }
+    if let Some(eku) = &spec.eku {
+        params.extended_key_usages = eku.clone();
+    }
+    Ok(params)
 }
 
 /// Writes `name` under `dir`; keys get mode 0600. Written to a temporary name then renamed, so a

@@ -1,7 +1,7 @@
 //! Workload identity for meshlet: what a SPIFFE ID is, what makes an X.509 certificate a valid
 //! SVID, how a peer's certificate is verified (by SPIFFE ID, never by DNS name), where our own
 //! SVID and trust bundle come from and what keeps them current (`follow`: files or the
-//! Workload API), and how certificates are issued for demos and tests.
+//! Workload API or `meshlet issuer`), and how certificates are issued for demos and tests.
 #![forbid(unsafe_code)]
 
 pub mod bundle;
@@ -10,6 +10,7 @@ pub mod follow;
 pub mod grpc;
 pub mod inspect;
 pub mod issue;
+pub mod issuer_client;
 pub mod reason;
 pub mod rotation;
 pub mod source;

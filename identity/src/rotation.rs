@@ -14,6 +14,8 @@ pub enum Trigger {
     Sighup,
     Periodic,
     WorkloadApi,
+    /// The issuer was asked for a new SVID because half its life had passed.
+    Renewal,
 }
 
 impl Trigger {
@@ -23,6 +25,7 @@ impl Trigger {
             Trigger::Sighup => "SIGHUP",
             Trigger::Periodic => "periodic check",
             Trigger::WorkloadApi => "Workload API update",
+            Trigger::Renewal => "renewal",
         }
     }
 }
@@ -36,6 +39,9 @@ pub enum Update {
     Unchanged,
     /// It did not load or validate; the current identity stays.
     Refused,
+    /// The source could not be asked (the issuer is unreachable or refused); the current
+    /// identity stays and the asking goes on.
+    Unavailable,
 }
 
 /// Reads the files again and swaps them in if they are valid and different.

@@ -10,10 +10,12 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use ipnet::IpNet;
+use meshlet_defaults::issuer::TOKEN_FILE;
 use meshlet_defaults::values::{BUNDLE_FILE, CERT_FILE, IDENTITY_DIR, KEY_FILE};
 use meshlet_defaults::{parse_duration, PortRange};
 use meshlet_identity::spiffe_id::validate_trust_domain;
-use meshlet_identity::{IdentityFiles, SpiffeId};
+use meshlet_identity::issuer_client::{IssuerSource, IssuerUrl};
+use meshlet_identity::{workload_api, IdentityFiles, Source, SpiffeId};
 use serde::{Deserialize, Deserializer};
 use serde_norway::{Mapping, Value};
 
@@ -42,6 +44,10 @@ pub struct IdentityConfig {
     pub key: PathBuf,
     pub bundle: PathBuf,
     pub spiffe_endpoint_socket: Option<String>,
+    /// `meshlet issuer`'s address: the SVID is asked for with `token`, the bundle read from
+    /// `bundle`; `cert` and `key` are not used.
+    pub issuer: Option<IssuerUrl>,
+    pub token: PathBuf,
 }
 
 /// `inbound.mode`: the injector writes it too, so its values are the contract's.
@@ -303,6 +309,8 @@ impl Default for IdentityConfig {
             key: Path::new(IDENTITY_DIR).join(KEY_FILE),
             bundle: Path::new(IDENTITY_DIR).join(BUNDLE_FILE),
             spiffe_endpoint_socket: None,
+            issuer: None,
+            token: Path::new(IDENTITY_DIR).join(TOKEN_FILE),
         }
     }
 }
@@ -576,6 +584,27 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// Where the identity comes from: the SPIRE agent, the issuer, or files (the default). Two
+    /// sources at once is a mistake, said by key.
+    pub fn identity_source(&self) -> Result<Source, String> {
+        let id = &self.identity;
+        match (&id.spiffe_endpoint_socket, &id.issuer) {
+            (Some(_), Some(_)) => Err(
+                "identity.spiffe_endpoint_socket and identity.issuer are two identity sources; set one"
+                    .into(),
+            ),
+            (Some(socket), None) => workload_api::socket_path(socket)
+                .map(Source::WorkloadApi)
+                .map_err(|e| format!("identity.spiffe_endpoint_socket: {e}")),
+            (None, Some(url)) => Ok(Source::Issuer(IssuerSource {
+                url: url.clone(),
+                token: id.token.clone(),
+                bundle: id.bundle.clone(),
+            })),
+            (None, None) => Ok(Source::Files(self.identity_files())),
+        }
     }
 
     pub fn identity_files(&self) -> IdentityFiles {

@@ -159,7 +159,7 @@ impl Metrics {
         );
         registry.register(
             "identity_rotations",
-            "Certificate or bundle reloads, applied or refused",
+            "Identity updates: applied, refused, or the source unavailable (issuer unreachable)",
             rotations.clone(),
         );
         registry.register(
@@ -214,12 +214,14 @@ impl Metrics {
         ActiveGuard(gauge)
     }
 
-    /// Counts an identity update that was applied or refused (`identity_rotations_total`).
+    /// Counts an identity update that was applied or refused, or a source that could not be
+    /// asked (`identity_rotations_total`).
     pub fn rotation(&self, update: meshlet_identity::rotation::Update) {
         use meshlet_identity::rotation::Update;
         let result = match update {
             Update::Applied => "applied",
             Update::Refused => "refused",
+            Update::Unavailable => "unavailable",
             Update::Unchanged => return,
         };
         self.rotations.get_or_create(&ResultLabels { result }).inc();
