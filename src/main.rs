@@ -1,10 +1,12 @@
-//! `meshlet`: one binary for the init container, the sidecar, certificates and the demo.
+//! `meshlet`: one binary for the init container, the sidecar, the webhook, the issuer,
+//! certificates and the demo.
 #![forbid(unsafe_code)]
 
 mod cert_cmd;
 mod check_cmd;
 mod init_cmd;
 mod inject_cmd;
+mod issuer_cmd;
 mod proxy_cmd;
 mod webhook_cmd;
 mod webhook_limits;
@@ -34,6 +36,8 @@ enum Command {
     Inject(inject_cmd::InjectArgs),
     /// The mutating admission webhook: injects pods as `meshlet inject` does.
     Webhook(webhook_cmd::WebhookArgs),
+    /// Sign short-lived SVIDs for pods that prove their service account (runs in the cluster).
+    Issuer(issuer_cmd::IssuerArgs),
     /// Inside a meshed pod: are the capture rules installed and run, is the identity loaded,
     /// is the proxy ready? One line per check; exit 1 when one fails.
     Check(check_cmd::CheckArgs),
@@ -76,6 +80,7 @@ fn main() -> ExitCode {
         Command::Cert(cmd) => cert_cmd::run(cmd),
         Command::Inject(args) => inject_cmd::run(args),
         Command::Webhook(args) => webhook_cmd::run(args),
+        Command::Issuer(args) => issuer_cmd::run(args),
         Command::Check(args) => check_cmd::run(args),
         Command::WaitReady(args) => check_cmd::wait_ready(args),
         Command::Demo(args) => meshlet_lab::demo::run(args).map_err(Failure::from),

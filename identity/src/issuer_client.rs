@@ -8,86 +8,32 @@
 //! SVID stays in use and the asking goes on with backoff. A new bundle (a CA rotation) is
 //! answered with a renewal, so our own certificate follows the bundle.
 
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
-use hyper_util::rt::TokioIo;
 use meshlet_defaults::issuer::{CHAIN_CONTENT_TYPE, CSR_CONTENT_TYPE, SVID_PATH};
 use rcgen::{CertificateParams, KeyPair};
-use rustls_pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
+use rustls_pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 use crate::bundle::TrustBundles;
+pub use crate::https::HttpsUrl;
+use crate::https;
 use crate::rotation::{self, Trigger, Update};
 use crate::source::{parse_certs, Identity, IdentityStore, Part};
 
-/// How long one request may take, connect to answer.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// The largest answer read (a chain of a few certificates is a few KiB).
 const MAX_ANSWER_BYTES: usize = 64 * 1024;
 const BACKOFF_START: Duration = Duration::from_millis(500);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
 
-/// The issuer's address: `https://host[:port]`, nothing after it.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Deserialize)]
-#[serde(try_from = "String")]
-pub struct IssuerUrl {
-    /// As written, for messages.
-    pub url: String,
-    host: String,
-    port: u16,
-}
-
-impl std::str::FromStr for IssuerUrl {
-    type Err = String;
-    fn from_str(url: &str) -> Result<Self, String> {
-        let rest = url
-            .strip_prefix("https://")
-            .ok_or_else(|| format!("{url:?}: the issuer is spoken to over https:// only"))?;
-        let authority = rest.strip_suffix('/').unwrap_or(rest);
-        if authority.is_empty() || authority.contains(['/', '?', '#', '@']) {
-            return Err(format!(
-                "{url:?}: expected https://host or https://host:port, without a path"
-            ));
-        }
-        let (host, port) = match authority.rsplit_once(':') {
-            Some((h, p)) if !h.ends_with(':') && !p.contains(']') => (
-                h,
-                p.parse::<u16>()
-                    .map_err(|_| format!("{url:?}: {p:?} is not a port"))?,
-            ),
-            _ => (authority, 443),
-        };
-        let host = host
-            .strip_prefix('[')
-            .and_then(|h| h.strip_suffix(']'))
-            .unwrap_or(host);
-        ServerName::try_from(host.to_owned())
-            .map_err(|e| format!("{url:?}: {host:?} is not a host name or address: {e}"))?;
-        Ok(IssuerUrl {
-            url: url.to_owned(),
-            host: host.to_owned(),
-            port,
-        })
-    }
-}
-
-impl TryFrom<String> for IssuerUrl {
-    type Error = String;
-    fn try_from(url: String) -> Result<Self, String> {
-        url.parse()
-    }
-}
-
 /// What the sidecar needs to ask the issuer.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct IssuerSource {
-    pub url: IssuerUrl,
+    pub url: HttpsUrl,
     /// The projected service-account token (audience `meshlet`), re-read for every request:
     /// the kubelet renews it.
     pub token: PathBuf,
@@ -137,12 +83,7 @@ impl IssuerSource {
             .serialize_request(&key)
             .and_then(|csr| csr.pem())
             .map_err(|e| IssuerError::Key(e.to_string()))?;
-        let chain_pem = tokio::time::timeout(
-            REQUEST_TIMEOUT,
-            self.post(&anchors, &token, csr.into_bytes()),
-        )
-        .await
-        .map_err(|_| self.unreachable(format!("no answer within {REQUEST_TIMEOUT:?}")))??;
+        let chain_pem = self.post(&anchors, &token, csr.into_bytes()).await?;
         let bad = |reason: String| IssuerError::BadAnswer {
             url: self.url.url.clone(),
             reason,
@@ -183,52 +124,21 @@ impl IssuerSource {
         token: &str,
         csr: Vec<u8>,
     ) -> Result<Vec<u8>, IssuerError> {
-        let mut roots = rustls::RootCertStore::empty();
-        for anchor in anchors {
-            roots
-                .add(anchor.clone())
-                .map_err(|e| IssuerError::File {
-                    path: self.bundle.clone(),
-                    reason: format!("a certificate of the bundle is not a usable anchor: {e}"),
-                })?;
-        }
-        let tls = rustls::ClientConfig::builder_with_provider(crate::crypto_provider())
-            .with_protocol_versions(&[&rustls::version::TLS13])
-            .map_err(|e| IssuerError::Key(e.to_string()))?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        let address = self.resolve().await?;
-        let tcp = tokio::net::TcpStream::connect(address)
-            .await
-            .map_err(|e| self.unreachable(format!("{address}: {e}")))?;
-        let _ = tcp.set_nodelay(true);
-        let name = ServerName::try_from(self.url.host.clone())
-            .map_err(|e| self.unreachable(e.to_string()))?;
-        let stream = tokio_rustls::TlsConnector::from(Arc::new(tls))
-            .connect(name, tcp)
-            .await
-            .map_err(|e| self.unreachable(format!("TLS with {address}: {e}")))?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| self.unreachable(e.to_string()))?;
-        tokio::spawn(conn);
+        let client =
+            https::Client::new(self.url.clone(), anchors).map_err(|reason| IssuerError::File {
+                path: self.bundle.clone(),
+                reason,
+            })?;
         let request = http::Request::post(SVID_PATH)
-            .header(http::header::HOST, self.url.host.as_str())
             .header(http::header::AUTHORIZATION, format!("Bearer {token}"))
             .header(http::header::CONTENT_TYPE, CSR_CONTENT_TYPE)
             .header(http::header::ACCEPT, CHAIN_CONTENT_TYPE)
-            .body(Full::new(Bytes::from(csr)))
+            .body(Bytes::from(csr))
             .map_err(|e| IssuerError::Key(e.to_string()))?;
-        let answer = sender
-            .send_request(request)
+        let (status, body) = client
+            .send(request, MAX_ANSWER_BYTES)
             .await
-            .map_err(|e| self.unreachable(e.to_string()))?;
-        let status = answer.status();
-        let body = Limited::new(answer.into_body(), MAX_ANSWER_BYTES)
-            .collect()
-            .await
-            .map_err(|e| self.unreachable(format!("reading the answer: {e}")))?
-            .to_bytes();
+            .map_err(|reason| self.unreachable(reason))?;
         if status != http::StatusCode::OK {
             let message = String::from_utf8_lossy(&body[..body.len().min(512)])
                 .trim()
@@ -240,15 +150,6 @@ impl IssuerSource {
             });
         }
         Ok(body.to_vec())
-    }
-
-    async fn resolve(&self) -> Result<SocketAddr, IssuerError> {
-        let target = (self.url.host.as_str(), self.url.port);
-        tokio::net::lookup_host(target)
-            .await
-            .map_err(|e| self.unreachable(format!("resolving {}: {e}", self.url.host)))?
-            .next()
-            .ok_or_else(|| self.unreachable(format!("{} has no address", self.url.host)))
     }
 
     /// Asks until an SVID comes, with backoff: the proxy is not ready before it has one.
@@ -331,29 +232,4 @@ fn read(path: &Path, cap: u64) -> Result<Vec<u8>, IssuerError> {
         path: path.to_owned(),
         reason: format!("cannot read: {e}"),
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn an_issuer_address_is_https_with_a_host_and_maybe_a_port() {
-        let u: IssuerUrl = "https://meshlet-issuer.meshlet-system.svc".parse().unwrap();
-        assert_eq!((u.host.as_str(), u.port), ("meshlet-issuer.meshlet-system.svc", 443));
-        let u: IssuerUrl = "https://198.18.0.9:8443/".parse().unwrap();
-        assert_eq!((u.host.as_str(), u.port), ("198.18.0.9", 8443));
-        let u: IssuerUrl = "https://[2001:2::9]:8443".parse().unwrap();
-        assert_eq!((u.host.as_str(), u.port), ("2001:2::9", 8443));
-        for bad in [
-            "http://issuer",
-            "https://",
-            "https://issuer/v1/svid",
-            "https://issuer:https",
-            "https://user@issuer",
-            "issuer:443",
-        ] {
-            assert!(bad.parse::<IssuerUrl>().is_err(), "{bad} was accepted");
-        }
-    }
 }

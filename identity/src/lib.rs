@@ -8,6 +8,7 @@ pub mod bundle;
 pub mod files;
 pub mod follow;
 pub mod grpc;
+pub mod https;
 pub mod inspect;
 pub mod issue;
 pub mod issuer_client;

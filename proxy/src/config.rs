@@ -14,7 +14,7 @@ use meshlet_defaults::issuer::TOKEN_FILE;
 use meshlet_defaults::values::{BUNDLE_FILE, CERT_FILE, IDENTITY_DIR, KEY_FILE};
 use meshlet_defaults::{parse_duration, PortRange};
 use meshlet_identity::spiffe_id::validate_trust_domain;
-use meshlet_identity::issuer_client::{IssuerSource, IssuerUrl};
+use meshlet_identity::issuer_client::{IssuerSource, HttpsUrl};
 use meshlet_identity::{workload_api, IdentityFiles, Source, SpiffeId};
 use serde::{Deserialize, Deserializer};
 use serde_norway::{Mapping, Value};
@@ -46,7 +46,7 @@ pub struct IdentityConfig {
     pub spiffe_endpoint_socket: Option<String>,
     /// `meshlet issuer`'s address: the SVID is asked for with `token`, the bundle read from
     /// `bundle`; `cert` and `key` are not used.
-    pub issuer: Option<IssuerUrl>,
+    pub issuer: Option<HttpsUrl>,
     pub token: PathBuf,
 }
 
