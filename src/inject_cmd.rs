@@ -23,10 +23,19 @@ pub struct InjectDefaults {
     /// (a regular container started first, for older clusters).
     #[arg(long, default_value = "native", value_parser = parse_sidecar)]
     pub sidecar: SidecarMode,
-    /// Where the SVID comes from: `secret` (the Secret `<serviceAccount>-svid`),
-    /// `secret:NAME`, `csi-spiffe` (cert-manager csi-driver-spiffe) or `spire` (SPIFFE CSI driver).
+    /// Where the SVID comes from: `issuer` (meshlet issuer, deploy/issuer.yaml: no Secret),
+    /// `secret` (the Secret `<serviceAccount>-svid`), `secret:NAME`, `csi-spiffe` (cert-manager
+    /// csi-driver-spiffe) or `spire` (SPIFFE CSI driver).
     #[arg(long, default_value = "secret", value_parser = parse_identity)]
     pub identity: IdentitySource,
+    /// Where sidecars with the `issuer` identity ask for their SVID.
+    #[arg(long, value_name = "URL", default_value = meshlet_defaults::issuer::DEFAULT_URL, value_parser = parse_issuer_url)]
+    pub issuer_url: String,
+}
+
+fn parse_issuer_url(s: &str) -> Result<String, String> {
+    s.parse::<meshlet_identity::https::HttpsUrl>()?;
+    Ok(s.to_owned())
 }
 
 fn parse_sidecar(s: &str) -> Result<SidecarMode, String> {
@@ -39,7 +48,10 @@ fn parse_identity(s: &str) -> Result<IdentitySource, String> {
 
 impl InjectDefaults {
     pub fn settings(&self) -> Settings {
-        Settings::defaults(&self.image, self.sidecar, self.identity.clone())
+        Settings {
+            issuer_url: self.issuer_url.clone(),
+            ..Settings::defaults(&self.image, self.sidecar, self.identity.clone())
+        }
     }
 }
 

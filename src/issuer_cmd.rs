@@ -8,6 +8,7 @@ use clap::Args;
 use meshlet_issuer::authority::CaFiles;
 use meshlet_issuer::bootstrap::{CA_BUNDLE, CA_CERT, CA_KEY};
 use meshlet_issuer::kube::ApiConfig;
+use meshlet_issuer::webhook_tls::WebhookTls;
 use meshlet_issuer::IssuerConfig;
 
 use crate::Failure;
@@ -46,6 +47,27 @@ pub struct IssuerArgs {
     /// How often the bundle's ConfigMap is checked in every namespace; 0 = not published.
     #[arg(long, default_value = "30s")]
     publish_every: String,
+    /// Keep the admission webhook's TLS Secret (NAMESPACE/NAME) signed by the CA, and its
+    /// MutatingWebhookConfiguration's caBundle equal to the bundle. Leave it out when
+    /// cert-manager does that.
+    #[arg(long, value_name = "NAMESPACE/NAME")]
+    webhook_secret: Option<String>,
+    /// The MutatingWebhookConfiguration whose caBundle is kept (with --webhook-secret).
+    #[arg(long, default_value = "meshlet-injector")]
+    webhook_configuration: String,
+    /// The name the API server calls the webhook by (with --webhook-secret).
+    #[arg(long, default_value = "meshlet-webhook.meshlet-system.svc")]
+    webhook_name: String,
+}
+
+/// `NAMESPACE/NAME` of a flag.
+fn namespaced(flag: &str, s: &str) -> Result<(String, String), String> {
+    match s.split_once('/') {
+        Some((ns, name)) if !ns.is_empty() && !name.is_empty() && !name.contains('/') => {
+            Ok((ns.to_owned(), name.to_owned()))
+        }
+        _ => Err(format!("{flag}: {s:?}: expected NAMESPACE/NAME")),
+    }
 }
 
 fn default_names() -> Vec<String> {
@@ -65,14 +87,22 @@ impl IssuerArgs {
             return Err("--ttl: at least 2s".into());
         }
         let publish = duration("--publish-every", &self.publish_every)?;
-        let bootstrap = match &self.bootstrap_secret {
+        let bootstrap = self
+            .bootstrap_secret
+            .as_deref()
+            .map(|s| namespaced("--bootstrap-secret", s))
+            .transpose()?;
+        let webhook = match self.webhook_secret.as_deref() {
             None => None,
-            Some(s) => match s.split_once('/') {
-                Some((ns, name)) if !ns.is_empty() && !name.is_empty() => {
-                    Some((ns.to_owned(), name.to_owned()))
-                }
-                _ => return Err(format!("--bootstrap-secret: {s:?}: expected NAMESPACE/NAME")),
-            },
+            Some(s) => {
+                let (namespace, secret) = namespaced("--webhook-secret", s)?;
+                Some(WebhookTls {
+                    namespace,
+                    secret,
+                    configuration: self.webhook_configuration.clone(),
+                    dns_name: self.webhook_name.clone(),
+                })
+            }
         };
         let api = match &self.api_server {
             Some(url) => ApiConfig {
@@ -99,6 +129,7 @@ impl IssuerArgs {
             serving_names: self.names,
             api,
             publish_every: (!publish.is_zero()).then_some(publish),
+            webhook,
         })
     }
 }

@@ -22,7 +22,7 @@ pub const PREFIX: &str = "meshlet.io/";
 pub const ANNOTATIONS: &[(&str, &str)] = &[
     ("inject", "`false` leaves the workload alone (`true` opts a pod in to the webhook)"),
     ("sidecar", "`native` (default; Kubernetes ≥ 1.29) or `classic`"),
-    ("identity", "`secret` (default, Secret `<serviceAccount>-svid`), `secret:NAME`, `csi-spiffe` (cert-manager csi-driver-spiffe) or `spire` (SPIFFE CSI driver, `csi.spiffe.io`)"),
+    ("identity", "`issuer` (meshlet issuer: a projected token and the published bundle, no Secret), `secret` (Secret `<serviceAccount>-svid`), `secret:NAME`, `csi-spiffe` (cert-manager csi-driver-spiffe) or `spire` (SPIFFE CSI driver, `csi.spiffe.io`)"),
     ("trust-domain", "the trust domain (default `cluster.local`)"),
     ("inbound-mode", "`strict` (default) or `permissive`"),
     ("include-inbound-ports", "ports captured inbound: `*` (default) or a list (`8080,9000-9100`)"),
@@ -72,6 +72,9 @@ pub enum IdentitySource {
     CsiSpiffe,
     /// The SPIRE agent's Workload API socket, mounted by the SPIFFE CSI driver (`csi.spiffe.io`).
     Spire,
+    /// `meshlet issuer`: the pod's projected service-account token (audience `meshlet`) and the
+    /// bundle the issuer publishes (ConfigMap `meshlet-ca-bundle`); the key never leaves memory.
+    Issuer,
 }
 
 impl FromStr for IdentitySource {
@@ -81,10 +84,11 @@ impl FromStr for IdentitySource {
             "secret" => Ok(IdentitySource::Secret(None)),
             "csi-spiffe" => Ok(IdentitySource::CsiSpiffe),
             "spire" => Ok(IdentitySource::Spire),
+            "issuer" => Ok(IdentitySource::Issuer),
             _ => match s.strip_prefix("secret:") {
                 Some(name) => Ok(IdentitySource::Secret(Some(dns_name(name)?))),
                 None => Err(format!(
-                    "{s:?}: expected secret, secret:NAME, csi-spiffe or spire"
+                    "{s:?}: expected issuer, secret, secret:NAME, csi-spiffe or spire"
                 )),
             },
         }
@@ -169,6 +173,8 @@ pub struct Settings {
     pub cpu_limit: Option<Quantity>,
     pub memory_limit: Option<Quantity>,
     pub log_level: Option<String>,
+    /// Where sidecars with the `issuer` identity ask for their SVID.
+    pub issuer_url: String,
 }
 
 impl Settings {
@@ -190,6 +196,7 @@ impl Settings {
             cpu_limit: None,
             memory_limit: Some(Quantity("64Mi".into())),
             log_level: None,
+            issuer_url: meshlet_defaults::issuer::DEFAULT_URL.to_owned(),
         }
     }
 

@@ -3,10 +3,14 @@
 
 use serde_json::{json, Map, Value};
 
-use meshlet_defaults::keys::{
-    APP_PROBES, CONFIG_ENV, INBOUND_MODE, LOG_LEVEL, OUTBOUND_DESTINATIONS, TRUST_DOMAIN,
+use meshlet_defaults::issuer::{
+    BUNDLE_CONFIGMAP, TOKEN_AUDIENCE, TOKEN_EXPIRATION_SECONDS, TOKEN_FILE,
 };
-use meshlet_defaults::values::IDENTITY_DIR;
+use meshlet_defaults::keys::{
+    APP_PROBES, CONFIG_ENV, IDENTITY_ISSUER, INBOUND_MODE, LOG_LEVEL, OUTBOUND_DESTINATIONS,
+    TRUST_DOMAIN,
+};
+use meshlet_defaults::values::{BUNDLE_FILE, IDENTITY_DIR};
 use meshlet_defaults::{ADMIN_PORT, PROXY_UID};
 
 use crate::settings::{IdentitySource, Settings, SidecarMode};
@@ -133,6 +137,9 @@ fn env(s: &Settings, app_probes: &Map<String, Value>) -> Vec<Value> {
     if let Some(level) = &s.log_level {
         var(&LOG_LEVEL.env(), level.clone());
     }
+    if s.identity == IdentitySource::Issuer {
+        var(&IDENTITY_ISSUER.env(), s.issuer_url.clone());
+    }
     if s.identity == IdentitySource::Spire {
         var(
             "SPIFFE_ENDPOINT_SOCKET",
@@ -189,6 +196,21 @@ pub fn volumes(s: &Settings, service_account: &str) -> Vec<Value> {
         IdentitySource::Spire => json!({
             "name": IDENTITY_VOLUME,
             "csi": {"driver": "csi.spiffe.io", "readOnly": true},
+        }),
+        // The token and the bundle side by side where the proxy looks by default.
+        IdentitySource::Issuer => json!({
+            "name": IDENTITY_VOLUME,
+            "projected": {"sources": [
+                {"serviceAccountToken": {
+                    "audience": TOKEN_AUDIENCE,
+                    "expirationSeconds": TOKEN_EXPIRATION_SECONDS,
+                    "path": TOKEN_FILE,
+                }},
+                {"configMap": {
+                    "name": BUNDLE_CONFIGMAP,
+                    "items": [{"key": BUNDLE_FILE, "path": BUNDLE_FILE}],
+                }},
+            ]},
         }),
     };
     let mut v = vec![identity];

@@ -38,6 +38,8 @@ pub struct Signing {
     /// The bundle as published (PEM), and its certificates.
     pub bundle_pem: String,
     pub anchors: Vec<CertificateDer<'static>>,
+    /// The signing CA's subject, as certificates it signs name their issuer.
+    subject: Vec<u8>,
 }
 
 impl Signing {
@@ -52,10 +54,17 @@ impl Signing {
         if !anchors.contains(&signing) {
             return Err("the signing CA is not in the bundle: the pods would refuse what it signs; add it to the bundle first".into());
         }
+        let subject = x509_parser::parse_x509_certificate(signing.as_ref())
+            .map_err(|e| format!("the CA certificate: {e}"))?
+            .1
+            .subject()
+            .as_raw()
+            .to_vec();
         Ok(Signing {
             ca,
             bundle_pem: bundle.to_owned(),
             anchors,
+            subject,
         })
     }
 
@@ -117,6 +126,25 @@ impl Authority {
             .ca
             .issue_for_key(&spec, key)
             .map_err(|e| e.to_string())
+    }
+
+    /// Signs any leaf (the webhook's serving certificate) with a fresh key.
+    pub fn issue_leaf(&self, spec: &LeafSpec) -> Result<meshlet_identity::issue::Pem, String> {
+        self.signing
+            .load()
+            .ca
+            .issue(spec)
+            .map_err(|e| e.to_string())
+    }
+
+    /// True when the first certificate of `pem` was signed by the current CA and has more than
+    /// `min_left` before it expires.
+    pub fn signed_recently(&self, pem: &[u8], min_left: Duration) -> bool {
+        let Some((issuer, not_after)) = crate::webhook_tls::issuer_and_expiry(pem) else {
+            return false;
+        };
+        let now = OffsetDateTime::now_utc().unix_timestamp();
+        issuer == self.signing.load().subject && not_after - now > min_left.as_secs() as i64
     }
 
     /// Swaps in a new signing set and makes a serving certificate from it.

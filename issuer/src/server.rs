@@ -52,6 +52,8 @@ pub struct IssuerConfig {
     pub api: ApiConfig,
     /// How often the bundle's ConfigMaps are checked; `None`: not published.
     pub publish_every: Option<Duration>,
+    /// The webhook's serving certificate and caBundle to keep; `None`: someone else does.
+    pub webhook: Option<crate::webhook_tls::WebhookTls>,
 }
 
 /// A running issuer.
@@ -112,6 +114,13 @@ pub async fn start(config: IssuerConfig) -> Result<Running, String> {
             api.clone(),
             authority.bundle(),
             every,
+        )));
+    }
+    if let Some(webhook) = config.webhook.clone() {
+        tasks.push(tokio::spawn(crate::webhook_tls::run(
+            api.clone(),
+            authority.clone(),
+            webhook,
         )));
     }
     let mut tls = rustls::ServerConfig::builder_with_provider(meshlet_identity::crypto_provider())

@@ -256,3 +256,99 @@ async fn the_first_issuers_of_a_cluster_make_one_ca_and_both_sign_with_it() {
         assert_eq!(status, 200, "{text}");
     }
 }
+
+fn decoded(b64: &Value) -> String {
+    use base64::Engine;
+    String::from_utf8(
+        base64::engine::general_purpose::STANDARD
+            .decode(b64.as_str().unwrap())
+            .unwrap(),
+    )
+    .unwrap()
+}
+
+/// The webhook's serving certificate, verified as the API server would: by the caBundle, for
+/// the Service's name.
+fn verifies_for(ca_bundle: &str, cert_pem: &str, name: &str) -> bool {
+    let anchors = meshlet_identity::source::parse_certs(ca_bundle.as_bytes()).unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    for a in anchors {
+        roots.add(a).unwrap();
+    }
+    let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(
+        std::sync::Arc::new(roots),
+        meshlet_identity::crypto_provider(),
+    )
+    .build()
+    .unwrap();
+    let chain = meshlet_identity::source::parse_certs(cert_pem.as_bytes()).unwrap();
+    verifier
+        .verify_server_cert(
+            &chain[0],
+            &[],
+            &rustls_pki_types::ServerName::try_from(name.to_owned()).unwrap(),
+            &[],
+            rustls_pki_types::UnixTime::now(),
+        )
+        .is_ok()
+}
+
+use rustls::client::danger::ServerCertVerifier;
+use serde_json::{json, Value};
+
+#[tokio::test]
+async fn the_webhooks_certificate_and_ca_bundle_are_kept_by_the_issuer_through_a_ca_rotation() {
+    let dir = tempfile::tempdir().unwrap();
+    let api = ApiServer::start(loopback(), dir.path()).await;
+    api.add_webhook_configuration(json!({
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "MutatingWebhookConfiguration",
+        "metadata": {"name": "meshlet-injector"},
+        "webhooks": [
+            {"name": "namespace.inject.meshlet.io", "clientConfig": {"service": {"name": "meshlet-webhook", "namespace": "meshlet-system", "path": "/inject"}}},
+            {"name": "pod.inject.meshlet.io", "clientConfig": {"service": {"name": "meshlet-webhook", "namespace": "meshlet-system", "path": "/inject-annotated"}}},
+        ],
+    }));
+    let old = Ca::new(TD, DAY).unwrap();
+    let ca_dir = dir.path().join("ca");
+    let files = write_ca(&ca_dir, &old, &old.pem.cert);
+    let mut cfg = config(&api, files, DAY, loopback());
+    let name = "meshlet-webhook.meshlet-system.svc";
+    cfg.webhook = Some(meshlet_issuer::webhook_tls::WebhookTls {
+        namespace: "meshlet-system".into(),
+        secret: "meshlet-webhook-tls".into(),
+        configuration: "meshlet-injector".into(),
+        dns_name: name.into(),
+    });
+    let _issuer = meshlet_issuer::start(cfg).await.unwrap();
+    let state = |api: &ApiServer| {
+        let hooks = api.webhook_configuration("meshlet-injector").unwrap();
+        let bundles: Vec<String> = hooks["webhooks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|w| w["clientConfig"].get("caBundle").map(decoded))
+            .collect();
+        let cert = api
+            .secret("meshlet-system", "meshlet-webhook-tls")
+            .map(|s| decoded(&s["data"]["tls.crt"]));
+        (bundles, cert)
+    };
+    eventually("the webhook's Secret and caBundle", 10, async || {
+        let (bundles, cert) = state(&api);
+        bundles.len() == 2
+            && bundles.iter().all(|b| *b == old.pem.cert)
+            && cert.is_some_and(|c| verifies_for(&old.pem.cert, &c, name))
+    })
+    .await;
+    // The CA rotates: the API server trusts both, then the certificate is the new CA's.
+    let new = Ca::new(TD, DAY).unwrap();
+    let both = format!("{}{}", old.pem.cert, new.pem.cert);
+    write_ca(&ca_dir, &new, &both);
+    eventually("a certificate from the new CA, trusted by the caBundle", 10, async || {
+        let (bundles, cert) = state(&api);
+        bundles.iter().all(|b| *b == both)
+            && cert.is_some_and(|c| verifies_for(&new.pem.cert, &c, name))
+    })
+    .await;
+}

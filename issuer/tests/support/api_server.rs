@@ -61,6 +61,8 @@ struct State {
     /// `(namespace, name)` → object.
     configmaps: BTreeMap<(String, String), Value>,
     secrets: BTreeMap<(String, String), Value>,
+    /// MutatingWebhookConfigurations by name.
+    webhooks: BTreeMap<String, Value>,
     version: u64,
     reviews: u64,
     /// How long a TokenReview takes (a busy API server).
@@ -192,6 +194,20 @@ impl ApiServer {
         st.secrets.get(&(namespace.into(), name.into())).cloned()
     }
 
+    /// Creates a MutatingWebhookConfiguration.
+    pub fn add_webhook_configuration(&self, object: Value) {
+        let mut st = self.state.lock().unwrap();
+        st.version += 1;
+        let mut object = object;
+        object["metadata"]["resourceVersion"] = json!(st.version.to_string());
+        let name = object["metadata"]["name"].as_str().unwrap().to_owned();
+        st.webhooks.insert(name, object);
+    }
+
+    pub fn webhook_configuration(&self, name: &str) -> Option<Value> {
+        self.state.lock().unwrap().webhooks.get(name).cloned()
+    }
+
     /// Makes every TokenReview take `delay`.
     pub fn slow_reviews(&self, delay: Duration) {
         self.state.lock().unwrap().review_delay = delay;
@@ -264,20 +280,23 @@ async fn answer(req: http::Request<Incoming>, state: &Mutex<State>) -> http::Res
             map.insert(key, object.clone());
             reply(201, object)
         }
-        ("PUT", ["api", "v1", "namespaces", ns, "configmaps", name]) => {
+        ("PUT", ["api", "v1", "namespaces", ns, kind @ ("configmaps" | "secrets"), name]) => {
             st.version += 1;
             let version = st.version.to_string();
             let key = (ns.to_string(), name.to_string());
-            let Some(current) = st.configmaps.get(&key) else {
-                return reply(404, status_object(404, "NotFound"));
-            };
-            if current["metadata"]["resourceVersion"] != body["metadata"]["resourceVersion"] {
-                return reply(409, status_object(409, "Conflict"));
+            let map = if *kind == "configmaps" { &mut st.configmaps } else { &mut st.secrets };
+            replace(map, key, &body, version)
+        }
+        ("GET", ["apis", "admissionregistration.k8s.io", "v1", "mutatingwebhookconfigurations", name]) => {
+            match st.webhooks.get(*name) {
+                Some(w) => reply(200, w.clone()),
+                None => reply(404, status_object(404, "NotFound")),
             }
-            let mut object = body.clone();
-            object["metadata"]["resourceVersion"] = json!(version);
-            st.configmaps.insert(key, object.clone());
-            reply(200, object)
+        }
+        ("PUT", ["apis", "admissionregistration.k8s.io", "v1", "mutatingwebhookconfigurations", name]) => {
+            st.version += 1;
+            let version = st.version.to_string();
+            replace(&mut st.webhooks, name.to_string(), &body, version)
         }
         ("GET", ["api", "v1", "namespaces", ns, "secrets", name]) => {
             match st.secrets.get(&(ns.to_string(), name.to_string())) {
@@ -287,6 +306,20 @@ async fn answer(req: http::Request<Incoming>, state: &Mutex<State>) -> http::Res
         }
         _ => reply(404, status_object(404, "NotFound")),
     }
+}
+
+/// An update: refused unless it names the version it replaces (optimistic concurrency).
+fn replace<K: Ord>(map: &mut BTreeMap<K, Value>, key: K, body: &Value, version: String) -> http::Response<Full<Bytes>> {
+    let Some(current) = map.get(&key) else {
+        return reply(404, status_object(404, "NotFound"));
+    };
+    if current["metadata"]["resourceVersion"] != body["metadata"]["resourceVersion"] {
+        return reply(409, status_object(409, "Conflict"));
+    }
+    let mut object = body.clone();
+    object["metadata"]["resourceVersion"] = json!(version);
+    map.insert(key, object.clone());
+    reply(200, object)
 }
 
 /// As the API server's authenticator answers: unauthenticated with an error, or the user.

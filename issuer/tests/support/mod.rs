@@ -47,6 +47,7 @@ pub fn config(api: &ApiServer, ca: CaFiles, ttl: Duration, listen: SocketAddr) -
             ca: api.ca_file.clone(),
         },
         publish_every: None,
+        webhook: None,
     }
 }
 
