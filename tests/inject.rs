@@ -544,3 +544,52 @@ fn an_annotation_is_accepted_exactly_when_the_proxy_accepts_the_variable_it_beco
         }
     }
 }
+
+#[test]
+fn the_issuer_identity_mounts_a_pod_bound_token_and_the_published_bundle_where_the_proxy_looks() {
+    let pod = "apiVersion: v1\nkind: Pod\nmetadata: {name: web}\nspec:\n  serviceAccountName: web\n  containers: [{name: app, image: app:1}]\n";
+    let out = docs(&inject(&["--identity", "issuer"], pod));
+    validate("inject_issuer", &inject(&["--identity", "issuer"], pod));
+    let spec = pod_spec(&out[0]);
+    let volume = &spec["volumes"][0];
+    assert!(volume.get("secret").is_none(), "no Secret: {volume}");
+    let sources = volume["projected"]["sources"].as_array().unwrap();
+    let token = &sources[0]["serviceAccountToken"];
+    assert_eq!(token["audience"], "meshlet");
+    assert_eq!(token["expirationSeconds"], 600);
+    assert_eq!(sources[1]["configMap"]["name"], "meshlet-ca-bundle");
+    let proxy = &spec["initContainers"][1];
+    let mount = proxy["volumeMounts"][0]["mountPath"].as_str().unwrap();
+    let overrides: Vec<meshlet_proxy::config::Override> = proxy["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| {
+            let name = e["name"].as_str().unwrap();
+            let key = meshlet_defaults::keys::KEYS.iter().find(|k| k.env() == name)?;
+            Some(meshlet_proxy::config::Override {
+                key: key.key,
+                value: e["value"].as_str().unwrap().to_owned(),
+                origin: name.to_owned(),
+                yaml: key.yaml,
+            })
+        })
+        .collect();
+    let config = meshlet_proxy::config::Config::parse("", "test", &overrides).unwrap();
+    // The proxy reads what the volume holds, where it is mounted, and asks the deployed issuer.
+    match config.identity_source().unwrap() {
+        meshlet_identity::Source::Issuer(issuer) => {
+            assert_eq!(issuer.url.url, "https://meshlet-issuer.meshlet-system.svc");
+            assert_eq!(
+                issuer.token,
+                std::path::Path::new(mount).join(token["path"].as_str().unwrap())
+            );
+            let bundle_item = &sources[1]["configMap"]["items"][0]["path"];
+            assert_eq!(
+                issuer.bundle,
+                std::path::Path::new(mount).join(bundle_item.as_str().unwrap())
+            );
+        }
+        other => panic!("the proxy would not ask the issuer: {other:?}"),
+    }
+}

@@ -22,7 +22,7 @@ pub const PREFIX: &str = "meshlet.io/";
 pub const ANNOTATIONS: &[(&str, &str)] = &[
     ("inject", "`false` leaves the workload alone (`true` opts a pod in to the webhook)"),
     ("sidecar", "`native` (default; Kubernetes ≥ 1.29) or `classic`"),
-    ("identity", "`issuer` (meshlet issuer: a projected token and the published bundle, no Secret), `secret` (Secret `<serviceAccount>-svid`), `secret:NAME`, `csi-spiffe` (cert-manager csi-driver-spiffe) or `spire` (SPIFFE CSI driver, `csi.spiffe.io`)"),
+    ("identity", "`issuer` (meshlet issuer: a projected token and the published bundle, no Secret; the default of deploy/'s webhook), `secret` (Secret `<serviceAccount>-svid`; the default of `meshlet inject`), `secret:NAME`, `csi-spiffe` (cert-manager csi-driver-spiffe) or `spire` (SPIFFE CSI driver, `csi.spiffe.io`)"),
     ("trust-domain", "the trust domain (default `cluster.local`)"),
     ("inbound-mode", "`strict` (default) or `permissive`"),
     ("include-inbound-ports", "ports captured inbound: `*` (default) or a list (`8080,9000-9100`)"),
