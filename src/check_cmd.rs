@@ -4,11 +4,9 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use clap::Args;
-use meshlet_defaults::values::{CERT_FILE, IDENTITY_DIR};
 
 use crate::Failure;
 
@@ -20,9 +18,6 @@ pub struct CheckArgs {
     /// The self-check port the capture rules redirect to the admin port.
     #[arg(long, default_value_t = meshlet_defaults::CHECK_PORT)]
     check_port: u16,
-    /// The SVID file, read for its SPIFFE ID when present (not with SPIRE).
-    #[arg(long, default_value_os_t = Path::new(IDENTITY_DIR).join(CERT_FILE))]
-    cert: PathBuf,
     /// An identity with less time left than this fails the check.
     #[arg(long, default_value = "5m", value_parser = meshlet_defaults::parse_duration)]
     min_validity: Duration,
@@ -113,35 +108,35 @@ fn capture(check_port: u16) -> Verdict {
 }
 
 fn identity(args: &CheckArgs) -> Verdict {
-    let fix = "see `kubectl logs POD -c meshlet`; check the identity volume (Secret, csi-driver-spiffe or SPIRE)";
-    let (status, metrics) = get(args.admin, "/metrics")
-        .map_err(|e| (format!("cannot read /metrics: {e}"), fix.to_owned()))?;
+    let fix = "see `kubectl logs POD -c meshlet`; check the identity volume (issuer token and bundle, Secret, csi-driver-spiffe or SPIRE)";
+    let (status, text) = get(args.admin, "/identity")
+        .map_err(|e| (format!("cannot read /identity: {e}"), fix.to_owned()))?;
     if status != 200 {
-        return Err((format!("/metrics answered {status}"), fix.to_owned()));
+        return Err((format!("/identity answered {status}"), fix.to_owned()));
     }
-    let seconds_left = metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("meshlet_certificate_expiry_seconds "))
-        .and_then(|v| v.trim().parse::<f64>().ok())
-        .ok_or_else(|| {
-            (
-                "the proxy reports no certificate expiry".to_owned(),
-                fix.to_owned(),
-            )
-        })?;
-    let id = std::fs::read(&args.cert)
-        .ok()
-        .and_then(|pem| meshlet_identity::inspect::inspect_pem(&pem).ok())
-        .and_then(|i| i.spiffe_id)
-        .unwrap_or_else(|| "the proxy's SVID".into());
-    let left = Duration::from_secs_f64(seconds_left.max(0.0));
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(": "))
+            .map(str::trim)
+    };
+    let (Some(id), Some(source), Some(seconds_left)) = (
+        field("id"),
+        field("source"),
+        field("seconds_left").and_then(|v| v.parse::<i64>().ok()),
+    ) else {
+        return Err((
+            "the proxy reports no identity".to_owned(),
+            fix.to_owned(),
+        ));
+    };
+    let left = Duration::from_secs(seconds_left.max(0).unsigned_abs());
     if left < args.min_validity {
         return Err((
-            format!("{id} has {} left", human(left)),
-            "the certificate is not being renewed: check the issuer (cert-manager, SPIRE) or the Secret".into(),
+            format!("{id} from {source} has {} left", human(left)),
+            "the certificate is not being renewed: check the issuer (meshlet issuer, cert-manager, SPIRE) or the Secret".into(),
         ));
     }
-    Ok(format!("{id}, {} left", human(left)))
+    Ok(format!("{id} from {source}, {} left", human(left)))
 }
 
 fn human(d: Duration) -> String {

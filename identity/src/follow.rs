@@ -37,6 +37,15 @@ enum Followed {
 }
 
 impl Source {
+    /// Where the identity comes from, for people (`meshlet check`, the admin's `/identity`).
+    pub fn describe(&self) -> String {
+        match self {
+            Source::Files(files) => format!("files ({})", files.cert.display()),
+            Source::WorkloadApi(socket) => format!("SPIRE agent ({})", socket.display()),
+            Source::Issuer(issuer) => format!("meshlet issuer ({})", issuer.url.url),
+        }
+    }
+
     /// The first identity: files must load now; the Workload API is waited for, with backoff,
     /// for as long as it takes.
     pub async fn first(self, trust_domain: &str) -> Result<(Identity, Follower), LoadError> {

@@ -29,6 +29,8 @@ pub struct Admin {
     pub lifecycle: Arc<Lifecycle>,
     /// By `<container>/<kind>`.
     pub app_probes: BTreeMap<String, AppProbe>,
+    /// Where the identity comes from (`Source::describe`).
+    pub identity_source: String,
 }
 
 pub async fn serve(listener: TcpListener, admin: Arc<Admin>) {
@@ -104,6 +106,17 @@ async fn route(admin: &Admin, peer: SocketAddr, req: Request<Incoming>) -> Respo
                 admin.metrics.encode(),
             )
         }
+        (&Method::GET, "/identity") => {
+            let identity = admin.store.current();
+            let text = format!(
+                "id: {}\nsource: {}\nexpires: {}\nseconds_left: {}\n",
+                identity.id,
+                admin.identity_source,
+                meshlet_identity::svid::fmt_time(identity.not_after),
+                identity.seconds_left(SystemTime::now()),
+            );
+            reply(StatusCode::OK, "text/plain", text)
+        }
         (&Method::POST, "/shutdown") => {
             if peer.ip().is_loopback() {
                 info!(%peer, "shutdown requested through the admin server");
@@ -117,7 +130,7 @@ async fn route(admin: &Admin, peer: SocketAddr, req: Request<Incoming>) -> Respo
                 )
             }
         }
-        (_, "/live" | "/ready" | "/metrics" | "/shutdown") => reply(
+        (_, "/live" | "/ready" | "/metrics" | "/identity" | "/shutdown") => reply(
             StatusCode::METHOD_NOT_ALLOWED,
             "text/plain",
             "method not allowed\n",
@@ -125,7 +138,7 @@ async fn route(admin: &Admin, peer: SocketAddr, req: Request<Incoming>) -> Respo
         _ => reply(
             StatusCode::NOT_FOUND,
             "text/plain",
-            "not found: try /live, /ready, /metrics, POST /shutdown, /app-health/<container>/<kind>\n",
+            "not found: try /live, /ready, /metrics, /identity, POST /shutdown, /app-health/<container>/<kind>\n",
         ),
     }
 }

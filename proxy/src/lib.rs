@@ -203,6 +203,10 @@ pub async fn start(
                 store: store.clone(),
                 lifecycle: lifecycle.clone(),
                 app_probes: config.admin.app_probes.clone(),
+                identity_source: config
+                    .identity_source()
+                    .map(|s| s.describe())
+                    .unwrap_or_else(|e| e),
             });
             tasks.push(tokio::spawn(admin::serve(l, state)));
             Some(local)
