@@ -86,11 +86,26 @@ impl Mesh {
         identity_dir: &Path,
         extra: &str,
     ) -> anyhow::Result<PathBuf> {
+        let identity = format!(
+            "identity:\n  cert: {0}/tls.crt\n  key: {0}/tls.key\n  bundle: {0}/ca.crt\n",
+            identity_dir.display()
+        );
+        self.start_proxy_with(pod, &identity, extra)
+    }
+
+    /// Starts `meshlet proxy` as [`Mesh::start_proxy`] does, with `identity` as the
+    /// configuration's `identity:` section (another source than files).
+    pub fn start_proxy_with(
+        &mut self,
+        pod: &Pod,
+        identity: &str,
+        extra: &str,
+    ) -> anyhow::Result<PathBuf> {
         let pod_dir = self.dir.join(&pod.name);
+        std::fs::create_dir_all(&pod_dir)?;
         let config = pod_dir.join("meshlet.yaml");
         let text = format!(
-            "trust_domain: {TRUST_DOMAIN}\nidentity:\n  cert: {0}/tls.crt\n  key: {0}/tls.key\n  bundle: {0}/ca.crt\nlog:\n  level: info\ntimeouts:\n  drain: 2s\n{extra}\n",
-            identity_dir.display()
+            "trust_domain: {TRUST_DOMAIN}\n{identity}log:\n  level: info\ntimeouts:\n  drain: 2s\n{extra}\n"
         );
         std::fs::write(&config, text)?;
         let log = pod_dir.join("proxy.log");
