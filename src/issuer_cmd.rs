@@ -21,10 +21,15 @@ pub struct IssuerArgs {
     /// The trust domain of the SVIDs it signs (the sidecars' trust_domain).
     #[arg(long, default_value = "cluster.local")]
     trust_domain: String,
-    /// Directory of the CA: ca.crt and ca.key sign, bundle.crt is published (the Secret
-    /// meshlet-ca mounted); followed, so a rotation needs no restart.
+    /// Directory of the CA (the Secret meshlet-ca mounted); followed, so a rotation needs no
+    /// restart.
     #[arg(long, value_name = "DIR", default_value = "/etc/meshlet-ca")]
     ca_dir: PathBuf,
+    /// The names of its files: `meshlet` (ca.crt and ca.key sign, bundle.crt is published:
+    /// `meshlet cert ca`, or what --bootstrap-secret makes) or `cert-manager` (a CA
+    /// Certificate's Secret: tls.crt and tls.key sign, ca.crt is published).
+    #[arg(long, value_enum, default_value_t = CaLayout::Meshlet)]
+    ca_layout: CaLayout,
     /// When --ca-dir holds no CA: read it from this Secret (NAMESPACE/NAME), making it first if
     /// there is none.
     #[arg(long, value_name = "NAMESPACE/NAME")]
@@ -58,6 +63,27 @@ pub struct IssuerArgs {
     /// The name the API server calls the webhook by (with --webhook-secret).
     #[arg(long, default_value = "meshlet-webhook.meshlet-system.svc")]
     webhook_name: String,
+}
+
+/// The file names of a CA directory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum CaLayout {
+    Meshlet,
+    CertManager,
+}
+
+impl CaLayout {
+    fn files(self, dir: &std::path::Path) -> CaFiles {
+        let (cert, key, bundle) = match self {
+            CaLayout::Meshlet => (CA_CERT, CA_KEY, CA_BUNDLE),
+            CaLayout::CertManager => ("tls.crt", "tls.key", "ca.crt"),
+        };
+        CaFiles {
+            cert: dir.join(cert),
+            key: dir.join(key),
+            bundle: dir.join(bundle),
+        }
+    }
 }
 
 /// `NAMESPACE/NAME` of a flag.
@@ -119,11 +145,7 @@ impl IssuerArgs {
         Ok(IssuerConfig {
             listen: self.listen,
             trust_domain: self.trust_domain,
-            ca: CaFiles {
-                cert: self.ca_dir.join(CA_CERT),
-                key: self.ca_dir.join(CA_KEY),
-                bundle: self.ca_dir.join(CA_BUNDLE),
-            },
+            ca: self.ca_layout.files(&self.ca_dir),
             bootstrap,
             ttl,
             serving_names: self.names,
