@@ -124,10 +124,7 @@ fn identity(args: &CheckArgs) -> Verdict {
         field("source"),
         field("seconds_left").and_then(|v| v.parse::<i64>().ok()),
     ) else {
-        return Err((
-            "the proxy reports no identity".to_owned(),
-            fix.to_owned(),
-        ));
+        return Err(("the proxy reports no identity".to_owned(), fix.to_owned()));
     };
     let left = Duration::from_secs(seconds_left.max(0).unsigned_abs());
     if left < args.min_validity {

@@ -165,7 +165,9 @@ pub fn run(args: IssuerArgs) -> Result<(), Failure> {
         .build()
         .map_err(|e| Failure::Runtime(format!("cannot start the runtime: {e}")))?;
     runtime.block_on(async move {
-        let running = meshlet_issuer::start(config).await.map_err(Failure::Runtime)?;
+        let running = meshlet_issuer::start(config)
+            .await
+            .map_err(Failure::Runtime)?;
         running.wait().await;
         Ok(())
     })

@@ -566,7 +566,9 @@ fn the_issuer_identity_mounts_a_pod_bound_token_and_the_published_bundle_where_t
         .iter()
         .filter_map(|e| {
             let name = e["name"].as_str().unwrap();
-            let key = meshlet_defaults::keys::KEYS.iter().find(|k| k.env() == name)?;
+            let key = meshlet_defaults::keys::KEYS
+                .iter()
+                .find(|k| k.env() == name)?;
             Some(meshlet_proxy::config::Override {
                 key: key.key,
                 value: e["value"].as_str().unwrap().to_owned(),

@@ -4,9 +4,9 @@
 //! gets 429s while the issuer stays within its Deployment's 64Mi. The API server is the
 //! stand-in of issuer/tests/support/api_server.rs, in a pod of its own.
 
-mod common;
 #[path = "../issuer/tests/support/api_server.rs"]
 mod api_server;
+mod common;
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -97,12 +97,17 @@ impl Cluster {
 }
 
 fn renewals(log: &Path) -> usize {
-    count(&std::fs::read_to_string(log).unwrap_or_default(), "identity rotated")
+    count(
+        &std::fs::read_to_string(log).unwrap_or_default(),
+        "identity rotated",
+    )
 }
 
 #[test]
 fn meshed_pods_get_their_svids_from_the_issuer_pod_and_keep_talking_across_renewals() {
-    if !root_or_skip("meshed_pods_get_their_svids_from_the_issuer_pod_and_keep_talking_across_renewals") {
+    if !root_or_skip(
+        "meshed_pods_get_their_svids_from_the_issuer_pod_and_keep_talking_across_renewals",
+    ) {
         return;
     }
     let mut c = cluster("issuer", "4s");
@@ -119,7 +124,10 @@ fn meshed_pods_get_their_svids_from_the_issuer_pod_and_keep_talking_across_renew
     ];
     let mut rounds = 0;
     while logs.iter().any(|l| renewals(l) < 3) {
-        assert!(std::time::Instant::now() < deadline, "fewer than three renewals in a minute");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "fewer than three renewals in a minute"
+        );
         let replies = c.mesh.get_each_new(&worker, target, 5, &["/"]).unwrap();
         assert!(
             replies.iter().all(|r| r.status == 200),
@@ -134,7 +142,10 @@ fn meshed_pods_get_their_svids_from_the_issuer_pod_and_keep_talking_across_renew
     );
     assert!(issued >= 8, "{issued} SVIDs issued");
     let log = std::fs::read_to_string(&logs[1]).unwrap();
-    assert!(log.contains("spiffe://cluster.local/ns/default/sa/worker"), "{log}");
+    assert!(
+        log.contains("spiffe://cluster.local/ns/default/sa/worker"),
+        "{log}"
+    );
 }
 
 /// VmHWM of a process: the most it has been resident.
@@ -149,14 +160,18 @@ fn peak_kib(pid: u32) -> u64 {
 
 #[test]
 fn an_unmeshed_pod_flooding_the_issuer_gets_429s_and_the_issuer_stays_within_64mi() {
-    if !root_or_skip("an_unmeshed_pod_flooding_the_issuer_gets_429s_and_the_issuer_stays_within_64mi") {
+    if !root_or_skip(
+        "an_unmeshed_pod_flooding_the_issuer_gets_429s_and_the_issuer_stays_within_64mi",
+    ) {
         return;
     }
     let c = cluster("issuerflood", "1h");
     let attacker = c.pods[2].clone();
     // The attacker holds a real pod's token (its own service account's): the reviews are the
     // expensive part, and a busy API server makes them slow.
-    let token = c.api.mint(Token::for_pod("default", "attacker", "attacker", "meshlet"));
+    let token = c
+        .api
+        .mint(Token::for_pod("default", "attacker", "attacker", "meshlet"));
     c.api.slow_reviews(Duration::from_millis(500));
     let bundle = c.ca.pem.cert.clone();
     let issuer = c.issuer;
@@ -164,8 +179,11 @@ fn an_unmeshed_pod_flooding_the_issuer_gets_429s_and_the_issuer_stays_within_64m
     in_pod(&attacker, move || async move {
         let anchors = meshlet_identity::source::parse_certs(bundle.as_bytes()).unwrap();
         let client = Arc::new(
-            meshlet_identity::https::Client::new(format!("https://{issuer}").parse().unwrap(), &anchors)
-                .unwrap(),
+            meshlet_identity::https::Client::new(
+                format!("https://{issuer}").parse().unwrap(),
+                &anchors,
+            )
+            .unwrap(),
         );
         let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
         let csr = rcgen::CertificateParams::default()
@@ -191,9 +209,15 @@ fn an_unmeshed_pod_flooding_the_issuer_gets_429s_and_the_issuer_stays_within_64m
         tx.send(statuses).unwrap();
     });
     let statuses = rx.recv_timeout(Duration::from_secs(60)).unwrap();
-    let answered: Vec<u16> = statuses.iter().filter_map(|s| s.as_ref().ok().copied()).collect();
+    let answered: Vec<u16> = statuses
+        .iter()
+        .filter_map(|s| s.as_ref().ok().copied())
+        .collect();
     assert!(answered.contains(&429), "{answered:?}");
-    assert!(answered.iter().all(|s| *s == 200 || *s == 429), "{answered:?}");
+    assert!(
+        answered.iter().all(|s| *s == 200 || *s == 429),
+        "{answered:?}"
+    );
     let pid = c.mesh.lab.pid("issuer").unwrap();
     let peak = peak_kib(pid);
     assert!(peak < 64 * 1024, "the issuer peaked at {peak} KiB");

@@ -6,9 +6,9 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use crate::issuer_client::IssuerSource;
 use crate::rotation::{self, Update};
 use crate::source::{Identity, IdentityFiles, IdentityStore, LoadError};
-use crate::issuer_client::IssuerSource;
 use crate::workload_api::{self, SvidStream};
 
 /// Where the identity comes from.
@@ -96,11 +96,9 @@ impl Follower {
                 trust_domain,
                 on_update,
             ))),
-            Followed::Issuer(issuer) => Ok(tokio::spawn(issuer.follow(
-                store,
-                trust_domain,
-                on_update,
-            ))),
+            Followed::Issuer(issuer) => {
+                Ok(tokio::spawn(issuer.follow(store, trust_domain, on_update)))
+            }
         }
     }
 }

@@ -172,7 +172,10 @@ mod tests {
     #[test]
     fn an_address_is_https_with_a_host_and_maybe_a_port() {
         let u: HttpsUrl = "https://meshlet-issuer.meshlet-system.svc".parse().unwrap();
-        assert_eq!((u.host.as_str(), u.port), ("meshlet-issuer.meshlet-system.svc", 443));
+        assert_eq!(
+            (u.host.as_str(), u.port),
+            ("meshlet-issuer.meshlet-system.svc", 443)
+        );
         let u: HttpsUrl = "https://198.18.0.9:8443/".parse().unwrap();
         assert_eq!((u.host.as_str(), u.port), ("198.18.0.9", 8443));
         let u: HttpsUrl = "https://[2001:2::9]:8443".parse().unwrap();

@@ -174,7 +174,9 @@ impl Ca {
         spec: &LeafSpec,
         public_key: &impl rcgen::PublicKeyData,
     ) -> Result<String, IssueError> {
-        Ok(leaf_params(spec)?.signed_by(public_key, &self.issuer)?.pem())
+        Ok(leaf_params(spec)?
+            .signed_by(public_key, &self.issuer)?
+            .pem())
     }
 
     /// An SVID for `id`: the common case.

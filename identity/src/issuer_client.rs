@@ -20,8 +20,8 @@ use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 use crate::bundle::TrustBundles;
-pub use crate::https::HttpsUrl;
 use crate::https;
+pub use crate::https::HttpsUrl;
 use crate::rotation::{self, Trigger, Update};
 use crate::source::{parse_certs, Identity, IdentityStore, Part};
 
@@ -90,25 +90,22 @@ impl IssuerSource {
         };
         let chain = parse_certs(&chain_pem).map_err(bad)?;
         let mut bundles = TrustBundles::default();
-        bundles.insert(trust_domain, anchors).map_err(|reason| IssuerError::File {
-            path: self.bundle.clone(),
-            reason,
-        })?;
-        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
-        Identity::from_parts(
-            chain,
-            key,
-            bundles,
-            trust_domain,
-            &crate::crypto_provider(),
-        )
-        .map_err(|(part, reason)| match part {
-            Part::Bundle => IssuerError::File {
+        bundles
+            .insert(trust_domain, anchors)
+            .map_err(|reason| IssuerError::File {
                 path: self.bundle.clone(),
                 reason,
+            })?;
+        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
+        Identity::from_parts(chain, key, bundles, trust_domain, &crate::crypto_provider()).map_err(
+            |(part, reason)| match part {
+                Part::Bundle => IssuerError::File {
+                    path: self.bundle.clone(),
+                    reason,
+                },
+                Part::Cert | Part::Key => bad(reason),
             },
-            Part::Cert | Part::Key => bad(reason),
-        })
+        )
     }
 
     fn unreachable(&self, reason: String) -> IssuerError {
@@ -186,7 +183,9 @@ impl IssuerSource {
                 let _ = changed.try_send(());
             }
         })
-        .map_err(|e| warn!(error = %e, "the bundle file is not watched; it is read at each renewal"))
+        .map_err(
+            |e| warn!(error = %e, "the bundle file is not watched; it is read at each renewal"),
+        )
         .ok();
         let mut renew_at = renewal_time(&store.current(), SystemTime::now());
         let mut backoff = BACKOFF_START;

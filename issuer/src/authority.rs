@@ -72,7 +72,11 @@ impl Signing {
         let read = |p: &PathBuf| {
             meshlet_identity::files::read_text(p).map_err(|e| format!("{}: {e}", p.display()))
         };
-        Self::from_pem(&read(&files.cert)?, &read(&files.key)?, &read(&files.bundle)?)
+        Self::from_pem(
+            &read(&files.cert)?,
+            &read(&files.key)?,
+            &read(&files.bundle)?,
+        )
     }
 }
 
@@ -175,7 +179,9 @@ impl Authority {
             }
             last = now;
             match Signing::read(&files).and_then(|s| me.replace(s)) {
-                Ok(()) => info!(cert = %files.cert.display(), bundle = %files.bundle.display(), "CA or bundle reloaded: new SVIDs are signed with it"),
+                Ok(()) => {
+                    info!(cert = %files.cert.display(), bundle = %files.bundle.display(), "CA or bundle reloaded: new SVIDs are signed with it")
+                }
                 Err(e) => warn!(error = %e, "CA or bundle not reloaded; keeping the current ones"),
             }
         })?;
@@ -225,7 +231,9 @@ fn serving_key(ca: &Ca, names: &[String]) -> Result<CertifiedKey, String> {
         digital_signature: true,
         eku: Some(vec![ExtendedKeyUsagePurpose::ServerAuth]),
     };
-    let pem = ca.issue(&spec).map_err(|e| format!("the serving certificate: {e}"))?;
+    let pem = ca
+        .issue(&spec)
+        .map_err(|e| format!("the serving certificate: {e}"))?;
     let chain = meshlet_identity::source::parse_certs(pem.cert.as_bytes())?;
     let key = PrivateKeyDer::from_pem_slice(pem.key.as_bytes()).map_err(|e| e.to_string())?;
     CertifiedKey::from_der(chain, key, &meshlet_identity::crypto_provider())

@@ -62,10 +62,17 @@ pub async fn ensure_ca(
             }
             // Another replica made it first: read that one.
             http::StatusCode::CONFLICT => continue,
-            s => return Err(format!("creating the Secret {namespace}/{name}: {}", kube::message(s, &answer))),
+            s => {
+                return Err(format!(
+                    "creating the Secret {namespace}/{name}: {}",
+                    kube::message(s, &answer)
+                ))
+            }
         }
     }
-    Err(format!("the Secret {namespace}/{name} could neither be read nor made"))
+    Err(format!(
+        "the Secret {namespace}/{name} could neither be read nor made"
+    ))
 }
 
 fn signing_of(secret: &Value, namespace: &str, name: &str) -> Result<Signing, String> {
@@ -76,7 +83,8 @@ fn signing_of(secret: &Value, namespace: &str, name: &str) -> Result<Signing, St
         let bytes = base64::engine::general_purpose::STANDARD
             .decode(b64)
             .map_err(|e| format!("the Secret {namespace}/{name}: {key}: {e}"))?;
-        String::from_utf8(bytes).map_err(|_| format!("the Secret {namespace}/{name}: {key} is not PEM"))
+        String::from_utf8(bytes)
+            .map_err(|_| format!("the Secret {namespace}/{name}: {key} is not PEM"))
     };
     let cert = field(CA_CERT)?;
     let bundle = field(CA_BUNDLE).or_else(|_| field(CA_CERT))?;

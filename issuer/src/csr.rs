@@ -61,7 +61,12 @@ mod tests {
 
     fn csr(params: CertificateParams) -> Vec<u8> {
         let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-        params.serialize_request(&key).unwrap().pem().unwrap().into_bytes()
+        params
+            .serialize_request(&key)
+            .unwrap()
+            .pem()
+            .unwrap()
+            .into_bytes()
     }
 
     fn caller() -> SpiffeId {
@@ -81,7 +86,9 @@ mod tests {
     fn a_csr_asking_for_another_identity_or_more_names_is_refused() {
         let mut other = CertificateParams::default();
         other.subject_alt_names = vec![SanType::URI(
-            "spiffe://cluster.local/ns/shop/sa/admin".try_into().unwrap(),
+            "spiffe://cluster.local/ns/shop/sa/admin"
+                .try_into()
+                .unwrap(),
         )];
         assert!(matches!(
             accept(&csr(other), &caller()),
@@ -94,13 +101,20 @@ mod tests {
         ));
         let mut ca = CertificateParams::default();
         ca.is_ca = IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        assert!(matches!(accept(&csr(ca), &caller()), Err(CsrRejected::AsksForCa)));
+        assert!(matches!(
+            accept(&csr(ca), &caller()),
+            Err(CsrRejected::AsksForCa)
+        ));
     }
 
     #[test]
     fn a_csr_that_is_not_one_is_refused_before_anything_is_signed() {
-        assert!(matches!(accept(b"hello", &caller()), Err(CsrRejected::NotPem(_))));
-        let garbage = b"-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n";
+        assert!(matches!(
+            accept(b"hello", &caller()),
+            Err(CsrRejected::NotPem(_))
+        ));
+        let garbage =
+            b"-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n";
         assert!(matches!(
             accept(garbage, &caller()),
             Err(CsrRejected::Malformed(_))

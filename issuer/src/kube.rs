@@ -96,11 +96,7 @@ impl Api {
         let request = request
             .body(Bytes::from(bytes))
             .map_err(|e| fail(e.to_string()))?;
-        let (status, answer) = self
-            .client
-            .send(request, MAX_ANSWER)
-            .await
-            .map_err(fail)?;
+        let (status, answer) = self.client.send(request, MAX_ANSWER).await.map_err(fail)?;
         if answer.is_empty() {
             return Ok((status, Value::Null));
         }
@@ -111,7 +107,8 @@ impl Api {
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, String> {
-    meshlet_identity::files::read_capped(path, 1 << 20).map_err(|e| format!("{}: {e}", path.display()))
+    meshlet_identity::files::read_capped(path, 1 << 20)
+        .map_err(|e| format!("{}: {e}", path.display()))
 }
 
 /// The message of a `Status` the API server answered with, or the status code.

@@ -26,7 +26,13 @@ pub async fn run(api: Api, mut bundle: tokio::sync::watch::Receiver<String>, eve
         let current = bundle.borrow_and_update().clone();
         match once(&api, &current).await {
             Ok(round) if round != Round::default() => {
-                info!(created = round.created, updated = round.updated, failed = round.failed, configmap = BUNDLE_CONFIGMAP, "trust bundle published")
+                info!(
+                    created = round.created,
+                    updated = round.updated,
+                    failed = round.failed,
+                    configmap = BUNDLE_CONFIGMAP,
+                    "trust bundle published"
+                )
             }
             Ok(_) => {}
             Err(e) => warn!(error = %e, "trust bundle not published this round"),

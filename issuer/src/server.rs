@@ -159,7 +159,11 @@ pub async fn start(config: IssuerConfig) -> Result<Running, String> {
     })
 }
 
-async fn accept_loop(listener: TcpListener, acceptor: tokio_rustls::TlsAcceptor, shared: Arc<Shared>) {
+async fn accept_loop(
+    listener: TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+    shared: Arc<Shared>,
+) {
     let connections = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
         let (conn, peer) = match listener.accept().await {
@@ -254,7 +258,11 @@ impl Refusal {
     }
 }
 
-async fn handle(req: Request<Incoming>, peer: SocketAddr, shared: &Shared) -> Response<Full<Bytes>> {
+async fn handle(
+    req: Request<Incoming>,
+    peer: SocketAddr,
+    shared: &Shared,
+) -> Response<Full<Bytes>> {
     match (req.method(), req.uri().path()) {
         (&Method::GET, "/healthz") => reply(StatusCode::OK, "text/plain", "ok\n".into()),
         (&Method::GET, "/metrics") => {
@@ -264,19 +272,28 @@ async fn handle(req: Request<Incoming>, peer: SocketAddr, shared: &Shared) -> Re
         }
         (&Method::POST, SVID_PATH) => match issue(req, shared).await {
             Ok((id, pod, chain)) => {
-                shared.requests.get_or_create(&ResultLabels { result: "issued" }).inc();
+                shared
+                    .requests
+                    .get_or_create(&ResultLabels { result: "issued" })
+                    .inc();
                 info!(%peer, %id, %pod, ttl = ?shared.ttl, "SVID issued");
                 reply(StatusCode::OK, CHAIN_CONTENT_TYPE, chain)
             }
             Err(refusal) => {
                 let (status, message) = (refusal.status(), refusal.message());
-                shared.requests.get_or_create(&ResultLabels { result: refusal.label() }).inc();
+                shared
+                    .requests
+                    .get_or_create(&ResultLabels {
+                        result: refusal.label(),
+                    })
+                    .inc();
                 warn!(%peer, status = status.as_u16(), reason = %message, "SVID request refused");
                 let mut answer = reply(status, "text/plain", format!("{message}\n"));
                 if status == StatusCode::TOO_MANY_REQUESTS {
-                    answer
-                        .headers_mut()
-                        .insert(http::header::RETRY_AFTER, http::HeaderValue::from_static("1"));
+                    answer.headers_mut().insert(
+                        http::header::RETRY_AFTER,
+                        http::HeaderValue::from_static("1"),
+                    );
                 }
                 answer
             }
@@ -290,7 +307,10 @@ async fn handle(req: Request<Incoming>, peer: SocketAddr, shared: &Shared) -> Re
 }
 
 /// Token, then CSR, then signature: the answer's parts.
-async fn issue(req: Request<Incoming>, shared: &Shared) -> Result<(SpiffeId, String, String), Refusal> {
+async fn issue(
+    req: Request<Incoming>,
+    shared: &Shared,
+) -> Result<(SpiffeId, String, String), Refusal> {
     let _permit = shared.in_flight.try_acquire().map_err(|_| Refusal::Busy)?;
     let token = req
         .headers()
@@ -325,7 +345,10 @@ async fn issue(req: Request<Incoming>, shared: &Shared) -> Result<(SpiffeId, Str
         .authority
         .issue(&id, &key, shared.ttl)
         .map_err(Refusal::Signing)?;
-    let pod = format!("{}/{} ({})", caller.namespace, caller.pod_name, caller.pod_uid);
+    let pod = format!(
+        "{}/{} ({})",
+        caller.namespace, caller.pod_name, caller.pod_uid
+    );
     Ok((id, pod, chain))
 }
 

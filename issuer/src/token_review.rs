@@ -109,7 +109,11 @@ fn check_lifetime(token: &str) -> Result<(), TokenRejected> {
     let claims = token
         .split('.')
         .nth(1)
-        .and_then(|p| base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(p).ok())
+        .and_then(|p| {
+            base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(p)
+                .ok()
+        })
         .and_then(|b| serde_json::from_slice::<Value>(&b).ok());
     let Some(claims) = claims else {
         // Not a JWT the issuer can read; the API server accepted it, and its binding was checked.
@@ -166,12 +170,18 @@ mod tests {
             caller_of(&other_audience),
             Err(TokenRejected::WrongAudience)
         ));
-        let no_audiences = json!({"authenticated": true, "user": pod_user("system:serviceaccount:shop:web")});
+        let no_audiences =
+            json!({"authenticated": true, "user": pod_user("system:serviceaccount:shop:web")});
         assert!(matches!(
             caller_of(&no_audiences),
             Err(TokenRejected::WrongAudience)
         ));
-        for name in ["alice", "system:node:n1", "system:serviceaccount:shop", "system:serviceaccount::web"] {
+        for name in [
+            "alice",
+            "system:node:n1",
+            "system:serviceaccount:shop",
+            "system:serviceaccount::web",
+        ] {
             assert!(
                 matches!(
                     caller_of(&status(pod_user(name), json!(["meshlet"]))),

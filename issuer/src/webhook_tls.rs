@@ -51,7 +51,12 @@ pub async fn run(api: Api, authority: std::sync::Arc<Authority>, want: WebhookTl
 }
 
 /// One check: the caBundle first, then the Secret.
-pub async fn once(api: &Api, authority: &Authority, want: &WebhookTls, bundle: &str) -> Result<(), String> {
+pub async fn once(
+    api: &Api,
+    authority: &Authority,
+    want: &WebhookTls,
+    bundle: &str,
+) -> Result<(), String> {
     let b64 = |s: &[u8]| base64::engine::general_purpose::STANDARD.encode(s);
     let ca_bundle = b64(bundle.as_bytes());
     let path = format!(
@@ -59,10 +64,17 @@ pub async fn once(api: &Api, authority: &Authority, want: &WebhookTls, bundle: &
         want.configuration
     );
     let mut configuration = get(api, &path).await?.ok_or_else(|| {
-        format!("the MutatingWebhookConfiguration {} does not exist", want.configuration)
+        format!(
+            "the MutatingWebhookConfiguration {} does not exist",
+            want.configuration
+        )
     })?;
     let mut changed = false;
-    for webhook in configuration["webhooks"].as_array_mut().into_iter().flatten() {
+    for webhook in configuration["webhooks"]
+        .as_array_mut()
+        .into_iter()
+        .flatten()
+    {
         if webhook["clientConfig"]["caBundle"].as_str() != Some(ca_bundle.as_str()) {
             webhook["clientConfig"]["caBundle"] = json!(ca_bundle);
             changed = true;
@@ -72,7 +84,10 @@ pub async fn once(api: &Api, authority: &Authority, want: &WebhookTls, bundle: &
         put(api, &path, &configuration).await?;
         info!(configuration = %want.configuration, "webhook caBundle set to the trust bundle");
     }
-    let path = format!("/api/v1/namespaces/{}/secrets/{}", want.namespace, want.secret);
+    let path = format!(
+        "/api/v1/namespaces/{}/secrets/{}",
+        want.namespace, want.secret
+    );
     let existing = get(api, &path).await?;
     let fresh = existing
         .as_ref()
@@ -116,7 +131,11 @@ pub async fn once(api: &Api, authority: &Authority, want: &WebhookTls, bundle: &
                 .await
                 .map_err(|e| e.to_string())?;
             if !status.is_success() && status != http::StatusCode::CONFLICT {
-                return Err(format!("creating {}: {}", want.secret, kube::message(status, &answer)));
+                return Err(format!(
+                    "creating {}: {}",
+                    want.secret,
+                    kube::message(status, &answer)
+                ));
             }
         }
     }
@@ -152,5 +171,8 @@ async fn put(api: &Api, path: &str, body: &Value) -> Result<(), String> {
 pub fn issuer_and_expiry(pem: &[u8]) -> Option<(Vec<u8>, i64)> {
     let der = meshlet_identity::source::parse_certs(pem).ok()?;
     let (_, cert) = X509Certificate::from_der(der.first()?.as_ref()).ok()?;
-    Some((cert.issuer().as_raw().to_vec(), cert.validity().not_after.timestamp()))
+    Some((
+        cert.issuer().as_raw().to_vec(),
+        cert.validity().not_after.timestamp(),
+    ))
 }

@@ -38,7 +38,9 @@ async fn world(ttl: Duration) -> World {
 #[tokio::test]
 async fn a_pods_token_gets_an_svid_for_exactly_its_service_account_and_nothing_else() {
     let w = world(Duration::from_secs(3600)).await;
-    let token = w.api.mint(Token::for_pod("shop", "web", "web-1", "meshlet"));
+    let token = w
+        .api
+        .mint(Token::for_pod("shop", "web", "web-1", "meshlet"));
     let (status, chain) = ask(&w.issuer, &w.ca.pem.cert, &token, csr(&[]).into_bytes()).await;
     assert_eq!(status, 200, "{chain}");
     let (uris, others, life) = names_of(&chain);
@@ -55,7 +57,10 @@ async fn a_pods_token_gets_an_svid_for_exactly_its_service_account_and_nothing_e
         bundle: bundle_file,
     };
     let identity = source.request(TD).await.unwrap();
-    assert_eq!(identity.id.as_str(), "spiffe://cluster.local/ns/shop/sa/web");
+    assert_eq!(
+        identity.id.as_str(),
+        "spiffe://cluster.local/ns/shop/sa/web"
+    );
 }
 
 #[tokio::test]
@@ -71,7 +76,9 @@ async fn tokens_that_prove_no_pod_of_a_service_account_get_no_svid() {
         "web-3",
         "https://kubernetes.default.svc",
     ));
-    let deleted = w.api.mint(Token::for_pod("shop", "web", "web-4", "meshlet"));
+    let deleted = w
+        .api
+        .mint(Token::for_pod("shop", "web", "web-4", "meshlet"));
     w.api.delete_pod("shop", "web-4");
     let mut unbound = Token::for_pod("shop", "web", "web-5", "meshlet");
     unbound.pod = None;
@@ -81,11 +88,21 @@ async fn tokens_that_prove_no_pod_of_a_service_account_get_no_svid() {
     let long_lived = w.api.mint(long_lived);
     for (what, token, want, says) in [
         ("expired", expired.as_str(), 401, "token has expired"),
-        ("made for another audience", &other_audience, 401, "audiences"),
+        (
+            "made for another audience",
+            &other_audience,
+            401,
+            "audiences",
+        ),
         ("of a deleted pod", &deleted, 401, "not found"),
         ("bound to no pod", &unbound, 403, "not bound to a pod"),
         ("that lives a year", &long_lived, 401, "at most"),
-        ("unknown", "eyJhbGciOiJSUzI1NiJ9.e30.forged", 401, "invalid bearer token"),
+        (
+            "unknown",
+            "eyJhbGciOiJSUzI1NiJ9.e30.forged",
+            401,
+            "invalid bearer token",
+        ),
         ("empty", "", 401, "no bearer token"),
     ] {
         let (status, text) = ask(&w.issuer, &w.ca.pem.cert, token, csr(&[]).into_bytes()).await;
@@ -97,7 +114,9 @@ async fn tokens_that_prove_no_pod_of_a_service_account_get_no_svid() {
 #[tokio::test]
 async fn a_csr_that_asks_for_more_than_the_callers_own_svid_is_refused() {
     let w = world(DAY).await;
-    let token = w.api.mint(Token::for_pod("shop", "web", "web-1", "meshlet"));
+    let token = w
+        .api
+        .mint(Token::for_pod("shop", "web", "web-1", "meshlet"));
     let huge = vec![b'A'; meshlet_defaults::issuer::MAX_CSR_BYTES + 1];
     for (what, body, want, says) in [
         (
@@ -112,11 +131,17 @@ async fn a_csr_that_asks_for_more_than_the_callers_own_svid_is_refused() {
             403,
             "asks for spiffe://evil.example",
         ),
-        ("a DNS name", csr(&["db.shop.svc"]).into_bytes(), 403, "name the issuer does not grant"),
+        (
+            "a DNS name",
+            csr(&["db.shop.svc"]).into_bytes(),
+            403,
+            "name the issuer does not grant",
+        ),
         ("nothing parseable", b"not a csr".to_vec(), 400, "not a PEM"),
         (
             "a broken request",
-            b"-----BEGIN CERTIFICATE REQUEST-----\nMIIB\n-----END CERTIFICATE REQUEST-----\n".to_vec(),
+            b"-----BEGIN CERTIFICATE REQUEST-----\nMIIB\n-----END CERTIFICATE REQUEST-----\n"
+                .to_vec(),
             400,
             "does not parse",
         ),
@@ -128,13 +153,20 @@ async fn a_csr_that_asks_for_more_than_the_callers_own_svid_is_refused() {
     }
     // Its own SPIFFE ID may be asked for: that is what it gets anyway.
     let own = csr(&["spiffe://cluster.local/ns/shop/sa/web"]);
-    assert_eq!(ask(&w.issuer, &w.ca.pem.cert, &token, own.into_bytes()).await.0, 200);
+    assert_eq!(
+        ask(&w.issuer, &w.ca.pem.cert, &token, own.into_bytes())
+            .await
+            .0,
+        200
+    );
 }
 
 #[tokio::test]
 async fn a_flood_is_answered_at_once_with_429_and_the_issuer_keeps_issuing() {
     let w = world(DAY).await;
-    let token = w.api.mint(Token::for_pod("shop", "web", "web-1", "meshlet"));
+    let token = w
+        .api
+        .mint(Token::for_pod("shop", "web", "web-1", "meshlet"));
     w.api.slow_reviews(Duration::from_millis(300));
     let mut calls = Vec::new();
     for _ in 0..200 {
@@ -157,10 +189,19 @@ async fn a_flood_is_answered_at_once_with_429_and_the_issuer_keeps_issuing() {
     for c in calls {
         statuses.push(c.await.unwrap().unwrap());
     }
-    assert!(statuses.iter().all(|s| *s == 200 || *s == 429), "{statuses:?}");
+    assert!(
+        statuses.iter().all(|s| *s == 200 || *s == 429),
+        "{statuses:?}"
+    );
     let issued = statuses.iter().filter(|s| **s == 200).count();
-    assert!(issued >= meshlet_issuer::server::MAX_IN_FLIGHT, "{statuses:?}");
-    assert!(statuses.contains(&429), "more than the issuer holds at once were in flight");
+    assert!(
+        issued >= meshlet_issuer::server::MAX_IN_FLIGHT,
+        "{statuses:?}"
+    );
+    assert!(
+        statuses.contains(&429),
+        "more than the issuer holds at once were in flight"
+    );
     // Every request was reviewed, or refused before the API server was asked.
     assert_eq!(w.api.reviews(), issued as u64);
     w.api.slow_reviews(Duration::ZERO);
@@ -179,13 +220,15 @@ async fn the_bundle_is_published_in_every_namespace_and_follows_the_ca_files() {
     let _issuer = meshlet_issuer::start(cfg).await.unwrap();
     for ns in ["default", "meshlet-system"] {
         eventually(&format!("the bundle in {ns}"), 10, async || {
-            api.configmap(ns, "meshlet-ca-bundle", "ca.crt").as_deref() == Some(old.pem.cert.as_str())
+            api.configmap(ns, "meshlet-ca-bundle", "ca.crt").as_deref()
+                == Some(old.pem.cert.as_str())
         })
         .await;
     }
     api.add_namespace("shop");
     eventually("the bundle in a new namespace", 10, async || {
-        api.configmap("shop", "meshlet-ca-bundle", "ca.crt").is_some()
+        api.configmap("shop", "meshlet-ca-bundle", "ca.crt")
+            .is_some()
     })
     .await;
     // Step one of a CA rotation: the new CA joins the bundle.
@@ -203,7 +246,9 @@ async fn the_bundle_is_published_in_every_namespace_and_follows_the_ca_files() {
 #[tokio::test]
 async fn a_new_ca_that_is_not_in_the_bundle_yet_is_never_used() {
     let w = world(DAY).await;
-    let token = w.api.mint(Token::for_pod("shop", "web", "web-1", "meshlet"));
+    let token = w
+        .api
+        .mint(Token::for_pod("shop", "web", "web-1", "meshlet"));
     let new = Ca::new(TD, DAY).unwrap();
     // Out of order: the new CA signs before the pods trust it.
     write_ca(&w.dir.path().join("ca"), &new, &w.ca.pem.cert);
@@ -242,7 +287,9 @@ async fn the_first_issuers_of_a_cluster_make_one_ca_and_both_sign_with_it() {
     let b = a.clone();
     let (a, b) = tokio::join!(meshlet_issuer::start(a), meshlet_issuer::start(b));
     let (a, b) = (a.unwrap(), b.unwrap());
-    let secret = api.secret("meshlet-system", "meshlet-ca").expect("the Secret was made");
+    let secret = api
+        .secret("meshlet-system", "meshlet-ca")
+        .expect("the Secret was made");
     use base64::Engine;
     let ca_cert = String::from_utf8(
         base64::engine::general_purpose::STANDARD
@@ -345,10 +392,14 @@ async fn the_webhooks_certificate_and_ca_bundle_are_kept_by_the_issuer_through_a
     let new = Ca::new(TD, DAY).unwrap();
     let both = format!("{}{}", old.pem.cert, new.pem.cert);
     write_ca(&ca_dir, &new, &both);
-    eventually("a certificate from the new CA, trusted by the caBundle", 10, async || {
-        let (bundles, cert) = state(&api);
-        bundles.iter().all(|b| *b == both)
-            && cert.is_some_and(|c| verifies_for(&new.pem.cert, &c, name))
-    })
+    eventually(
+        "a certificate from the new CA, trusted by the caBundle",
+        10,
+        async || {
+            let (bundles, cert) = state(&api);
+            bundles.iter().all(|b| *b == both)
+                && cert.is_some_and(|c| verifies_for(&new.pem.cert, &c, name))
+        },
+    )
     .await;
 }

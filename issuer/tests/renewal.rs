@@ -85,7 +85,12 @@ async fn echo() -> SocketAddr {
 }
 
 /// worker → mTLS → echo's proxy → the echo server; both SVIDs from the issuer.
-async fn two_pods(api: &ApiServer, issuer: SocketAddr, dir: &std::path::Path, bundle: &str) -> (Pod, Pod) {
+async fn two_pods(
+    api: &ApiServer,
+    issuer: SocketAddr,
+    dir: &std::path::Path,
+    bundle: &str,
+) -> (Pod, Pod) {
     let backend = echo().await;
     let server = meshed(api, issuer, dir, "echo", bundle, backend, backend).await;
     let target = server.proxy.inbound_addrs[0];
@@ -119,7 +124,10 @@ fn traffic(to: SocketAddr) -> Traffic {
             .await;
             let failure = match result {
                 Ok(Ok(back)) if back == message.as_bytes() => None,
-                Ok(Ok(back)) => Some(format!("{n}: answered {:?}", String::from_utf8_lossy(&back))),
+                Ok(Ok(back)) => Some(format!(
+                    "{n}: answered {:?}",
+                    String::from_utf8_lossy(&back)
+                )),
                 Ok(Err(e)) => Some(format!("{n}: {e}")),
                 Err(_) => Some(format!("{n}: timed out")),
             };
@@ -141,14 +149,23 @@ impl Traffic {
     fn all_succeeded(self, min: usize) {
         self.task.abort();
         let (ok, failures) = self.done.lock().unwrap().clone();
-        assert!(failures.is_empty(), "{} failed of {}: {failures:?}", failures.len(), ok + failures.len());
+        assert!(
+            failures.is_empty(),
+            "{} failed of {}: {failures:?}",
+            failures.len(),
+            ok + failures.len()
+        );
         assert!(ok >= min, "only {ok} requests");
     }
 }
 
 async fn admin_metrics(pod: &Pod) -> String {
-    let mut conn = tokio::net::TcpStream::connect(pod.proxy.admin_addr.unwrap()).await.unwrap();
-    conn.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").await.unwrap();
+    let mut conn = tokio::net::TcpStream::connect(pod.proxy.admin_addr.unwrap())
+        .await
+        .unwrap();
+    conn.write_all(b"GET /metrics HTTP/1.0\r\n\r\n")
+        .await
+        .unwrap();
     let mut text = String::new();
     conn.read_to_string(&mut text).await.unwrap();
     text
@@ -179,7 +196,13 @@ async fn traffic_keeps_flowing_across_renewals_of_svids_that_live_seconds() {
     .await;
     flow.all_succeeded(20);
     let text = admin_metrics(&client).await;
-    assert!(counted(&text, "meshlet_identity_rotations_total{result=\"applied\"}") >= 3.0, "{text}");
+    assert!(
+        counted(
+            &text,
+            "meshlet_identity_rotations_total{result=\"applied\"}"
+        ) >= 3.0,
+        "{text}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -196,7 +219,10 @@ async fn while_the_issuer_is_down_the_proxy_keeps_its_svid_and_renews_when_it_re
     let before = client.store.generation();
     eventually("a renewal that finds the issuer down", 15, async || {
         let text = admin_metrics(&client).await;
-        counted(&text, "meshlet_identity_rotations_total{result=\"unavailable\"}") >= 1.0
+        counted(
+            &text,
+            "meshlet_identity_rotations_total{result=\"unavailable\"}",
+        ) >= 1.0
     })
     .await;
     assert_eq!(client.store.generation(), before, "the SVID in use stays");
@@ -205,7 +231,9 @@ async fn while_the_issuer_is_down_the_proxy_keeps_its_svid_and_renews_when_it_re
     let back = loop {
         match meshlet_issuer::start(again.clone()).await {
             Ok(running) => break running,
-            Err(e) if e.contains("cannot listen") => tokio::time::sleep(Duration::from_millis(50)).await,
+            Err(e) if e.contains("cannot listen") => {
+                tokio::time::sleep(Duration::from_millis(50)).await
+            }
             Err(e) => panic!("{e}"),
         }
     };
@@ -213,7 +241,10 @@ async fn while_the_issuer_is_down_the_proxy_keeps_its_svid_and_renews_when_it_re
         client.store.generation() > before
     })
     .await;
-    let left = client.store.current().seconds_left(std::time::SystemTime::now());
+    let left = client
+        .store
+        .current()
+        .seconds_left(std::time::SystemTime::now());
     assert!(left > 8, "a fresh SVID: {left} s left");
     flow.all_succeeded(20);
     drop((server, back));
@@ -237,7 +268,11 @@ fn kubelet(api: ApiServer, pods: Vec<PathBuf>) -> tokio::task::JoinHandle<()> {
 }
 
 fn anchors(pod: &Pod) -> usize {
-    pod.store.current().bundles.anchors(TD).map_or(0, |a| a.len())
+    pod.store
+        .current()
+        .bundles
+        .anchors(TD)
+        .map_or(0, |a| a.len())
 }
 
 /// True when the pod's SVID chains to `ca` alone.
@@ -269,7 +304,10 @@ async fn a_ca_rotation_in_three_steps_fails_no_request() {
     cfg.publish_every = Some(Duration::from_millis(200));
     let issuer = meshlet_issuer::start(cfg).await.unwrap();
     let (client, server) = two_pods(&api, issuer.address, dir.path(), &old.pem.cert).await;
-    let _kubelet = kubelet(api.clone(), vec![client.bundle.clone(), server.bundle.clone()]);
+    let _kubelet = kubelet(
+        api.clone(),
+        vec![client.bundle.clone(), server.bundle.clone()],
+    );
     let flow = traffic(client.proxy.outbound_addrs[0]);
 
     // 1. Both roots in the bundle; the old CA still signs.

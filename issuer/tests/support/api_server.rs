@@ -86,7 +86,10 @@ impl ApiServer {
     /// Listens on `listen` (loopback, or an address of the namespace the caller is in).
     pub async fn start(listen: SocketAddr, dir: &Path) -> Self {
         let ca = Ca::new("api.test", Duration::from_secs(86400)).unwrap();
-        let mut spec = LeafSpec::svid(&"spiffe://api.test/x".parse().unwrap(), Duration::from_secs(86400));
+        let mut spec = LeafSpec::svid(
+            &"spiffe://api.test/x".parse().unwrap(),
+            Duration::from_secs(86400),
+        );
         spec.uris.clear();
         spec.ips = vec![listen.ip()];
         let serving = ca.issue(&spec).unwrap();
@@ -114,7 +117,9 @@ impl ApiServer {
             while let Ok((conn, _)) = listener.accept().await {
                 let (acceptor, s) = (acceptor.clone(), s.clone());
                 tokio::spawn(async move {
-                    let Ok(tls) = acceptor.accept(conn).await else { return };
+                    let Ok(tls) = acceptor.accept(conn).await else {
+                        return;
+                    };
                     let service = hyper::service::service_fn(move |req| {
                         let s = s.clone();
                         async move { Ok::<_, Infallible>(answer(req, &s).await) }
@@ -227,7 +232,12 @@ async fn answer(req: http::Request<Incoming>, state: &Mutex<State>) -> http::Res
         == Some(&format!("Bearer {ISSUER_TOKEN}"));
     let method = req.method().clone();
     let uri = req.uri().clone();
-    let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+    let body = req
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
     if !authorized {
         return reply(401, status_object(401, "Unauthorized"));
     }
@@ -242,7 +252,10 @@ async fn answer(req: http::Request<Incoming>, state: &Mutex<State>) -> http::Res
     match (method.as_str(), parts.as_slice()) {
         ("POST", ["apis", "authentication.k8s.io", "v1", "tokenreviews"]) => {
             st.reviews += 1;
-            reply(201, json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview", "status": review(&st, &body["spec"])}))
+            reply(
+                201,
+                json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview", "status": review(&st, &body["spec"])}),
+            )
         }
         ("GET", ["api", "v1", "namespaces"]) => {
             let items: Vec<Value> = st
@@ -269,7 +282,11 @@ async fn answer(req: http::Request<Incoming>, state: &Mutex<State>) -> http::Res
             let name = body["metadata"]["name"].as_str().unwrap_or("").to_owned();
             st.version += 1;
             let version = st.version.to_string();
-            let map = if *kind == "configmaps" { &mut st.configmaps } else { &mut st.secrets };
+            let map = if *kind == "configmaps" {
+                &mut st.configmaps
+            } else {
+                &mut st.secrets
+            };
             let key = (ns.to_string(), name);
             if map.contains_key(&key) {
                 return reply(409, status_object(409, "AlreadyExists"));
@@ -284,16 +301,24 @@ async fn answer(req: http::Request<Incoming>, state: &Mutex<State>) -> http::Res
             st.version += 1;
             let version = st.version.to_string();
             let key = (ns.to_string(), name.to_string());
-            let map = if *kind == "configmaps" { &mut st.configmaps } else { &mut st.secrets };
+            let map = if *kind == "configmaps" {
+                &mut st.configmaps
+            } else {
+                &mut st.secrets
+            };
             replace(map, key, &body, version)
         }
-        ("GET", ["apis", "admissionregistration.k8s.io", "v1", "mutatingwebhookconfigurations", name]) => {
-            match st.webhooks.get(*name) {
-                Some(w) => reply(200, w.clone()),
-                None => reply(404, status_object(404, "NotFound")),
-            }
-        }
-        ("PUT", ["apis", "admissionregistration.k8s.io", "v1", "mutatingwebhookconfigurations", name]) => {
+        (
+            "GET",
+            ["apis", "admissionregistration.k8s.io", "v1", "mutatingwebhookconfigurations", name],
+        ) => match st.webhooks.get(*name) {
+            Some(w) => reply(200, w.clone()),
+            None => reply(404, status_object(404, "NotFound")),
+        },
+        (
+            "PUT",
+            ["apis", "admissionregistration.k8s.io", "v1", "mutatingwebhookconfigurations", name],
+        ) => {
             st.version += 1;
             let version = st.version.to_string();
             replace(&mut st.webhooks, name.to_string(), &body, version)
@@ -309,7 +334,12 @@ async fn answer(req: http::Request<Incoming>, state: &Mutex<State>) -> http::Res
 }
 
 /// An update: refused unless it names the version it replaces (optimistic concurrency).
-fn replace<K: Ord>(map: &mut BTreeMap<K, Value>, key: K, body: &Value, version: String) -> http::Response<Full<Bytes>> {
+fn replace<K: Ord>(
+    map: &mut BTreeMap<K, Value>,
+    key: K,
+    body: &Value,
+    version: String,
+) -> http::Response<Full<Bytes>> {
     let Some(current) = map.get(&key) else {
         return reply(404, status_object(404, "NotFound"));
     };
@@ -333,21 +363,27 @@ fn review(st: &State, spec: &Value) -> Value {
     }
     let asked: Vec<String> = spec["audiences"]
         .as_array()
-        .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_str().map(str::to_owned))
+                .collect()
+        })
         .unwrap_or_default();
-    let audiences: Vec<&String> = token.audiences.iter().filter(|a| asked.contains(a)).collect();
+    let audiences: Vec<&String> = token
+        .audiences
+        .iter()
+        .filter(|a| asked.contains(a))
+        .collect();
     if audiences.is_empty() {
-        return unauthenticated("invalid bearer token, token audiences are invalid for the target audiences");
+        return unauthenticated(
+            "invalid bearer token, token audiences are invalid for the target audiences",
+        );
     }
     let mut extra = json!({});
     if let Some((pod, uid)) = &token.pod {
         match st.pods.get(&format!("{}/{pod}", token.namespace)) {
             Some(existing) if existing == uid => {}
-            _ => {
-                return unauthenticated(&format!(
-                    "invalid bearer token, pod \"{pod}\" not found"
-                ))
-            }
+            _ => return unauthenticated(&format!("invalid bearer token, pod \"{pod}\" not found")),
         }
         extra = json!({
             "authentication.kubernetes.io/pod-name": [pod],
