@@ -29,6 +29,7 @@ use tracing::{info, warn};
 use crate::inject_cmd::InjectDefaults;
 use crate::webhook_limits::{self, BodyError, Limits};
 use crate::Failure;
+use meshlet_identity::https::reply;
 
 #[derive(Args, Debug)]
 pub struct WebhookArgs {
@@ -122,50 +123,39 @@ async fn serve(args: WebhookArgs, pair: Pair) -> Result<(), Failure> {
         ..args.defaults.settings()
     });
     let limits = Arc::new(Limits::default());
-    loop {
-        let (conn, peer) = match listener.accept().await {
-            Ok(c) => c,
-            Err(e) => {
-                warn!(error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
+    meshlet_identity::https::serve_tls(
+        listener,
+        acceptor,
+        webhook_limits::MAX_CONNECTIONS,
+        Duration::from_secs(10),
+        move |tls, _peer| {
+            let (settings, limits) = (settings.clone(), limits.clone());
+            async move {
+                let service = hyper::service::service_fn(move |req| {
+                    let (settings, limits) = (settings.clone(), limits.clone());
+                    async move { Ok::<_, Infallible>(handle(req, &settings, &limits).await) }
+                });
+                let mut builder =
+                    hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                builder
+                    .http1()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(webhook_limits::HEADER_TIMEOUT)
+                    .max_buf_size(webhook_limits::READ_BUFFER);
+                builder
+                    .http2()
+                    .timer(TokioTimer::new())
+                    .max_concurrent_streams(webhook_limits::MAX_STREAMS)
+                    .initial_stream_window_size(webhook_limits::STREAM_WINDOW)
+                    .initial_connection_window_size(webhook_limits::CONNECTION_WINDOW)
+                    .adaptive_window(false)
+                    .keep_alive_interval(Duration::from_secs(30));
+                let _ = builder.serve_connection(TokioIo::new(tls), service).await;
             }
-        };
-        let Ok(slot) = limits.connections.clone().try_acquire_owned() else {
-            warn!(%peer, "connection refused: {} already open", webhook_limits::MAX_CONNECTIONS);
-            continue;
-        };
-        let acceptor = acceptor.clone();
-        let (settings, limits) = (settings.clone(), limits.clone());
-        tokio::spawn(async move {
-            let _slot = slot;
-            let Ok(Ok(tls)) =
-                tokio::time::timeout(Duration::from_secs(10), acceptor.accept(conn)).await
-            else {
-                warn!(%peer, "TLS handshake with the webhook failed or timed out");
-                return;
-            };
-            let service = hyper::service::service_fn(move |req| {
-                let (settings, limits) = (settings.clone(), limits.clone());
-                async move { Ok::<_, Infallible>(handle(req, &settings, &limits).await) }
-            });
-            let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-            builder
-                .http1()
-                .timer(TokioTimer::new())
-                .header_read_timeout(webhook_limits::HEADER_TIMEOUT)
-                .max_buf_size(webhook_limits::READ_BUFFER);
-            builder
-                .http2()
-                .timer(TokioTimer::new())
-                .max_concurrent_streams(webhook_limits::MAX_STREAMS)
-                .initial_stream_window_size(webhook_limits::STREAM_WINDOW)
-                .initial_connection_window_size(webhook_limits::CONNECTION_WINDOW)
-                .adaptive_window(false)
-                .keep_alive_interval(Duration::from_secs(30));
-            let _ = builder.serve_connection(TokioIo::new(tls), service).await;
-        });
-    }
+        },
+    )
+    .await;
+    Ok(())
 }
 
 /// Re-reads the certificate and key when they may have changed (meshlet-identity's file
@@ -257,14 +247,4 @@ async fn handle(
         info!(%namespace, %name, %generate_name, %uid, %path, "left as it is (opted out, already injected, not a CREATE, or a system namespace)");
     }
     reply(StatusCode::OK, "application/json", answer.to_string())
-}
-
-fn reply(status: StatusCode, content_type: &'static str, body: String) -> Response<Full<Bytes>> {
-    let mut resp = Response::new(Full::new(Bytes::from(body)));
-    *resp.status_mut() = status;
-    resp.headers_mut().insert(
-        http::header::CONTENT_TYPE,
-        http::HeaderValue::from_static(content_type),
-    );
-    resp
 }

@@ -65,7 +65,6 @@ pub enum BodyError {
 pub struct Limits {
     budget: Arc<Semaphore>,
     pub reviews: Semaphore,
-    pub connections: Arc<Semaphore>,
 }
 
 impl Default for Limits {
@@ -73,7 +72,6 @@ impl Default for Limits {
         Limits {
             budget: Arc::new(Semaphore::new(BODY_BUDGET / KIB)),
             reviews: Semaphore::new(REVIEWS_AT_ONCE),
-            connections: Arc::new(Semaphore::new(MAX_CONNECTIONS)),
         }
     }
 }

@@ -1,7 +1,9 @@
-//! A small HTTPS client for the few calls meshlet makes itself: the sidecar asking the issuer,
-//! the issuer asking the API server. TLS 1.3 (the API server and the issuer both speak it),
-//! verified by name against the anchors given, HTTP/1.1, one connection per call (the calls are
-//! rare: one per SVID), every call bounded in time and in what it reads.
+//! HTTPS for meshlet's control plane. The client makes the few calls meshlet makes itself
+//! (the sidecar asking the issuer, the issuer asking the API server): TLS 1.3 (the API server
+//! and the issuer both speak it), verified by name against the anchors given, HTTP/1.1, one
+//! connection per call (the calls are rare: one per SVID), every call bounded in time and in
+//! what it reads. The server half is the accept loop the webhook and the issuer share: every
+//! pod can reach them, so connections are counted and handshakes timed.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,6 +12,64 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::rt::TokioIo;
 use rustls_pki_types::{CertificateDer, ServerName};
+
+/// Accepts TLS connections until the process ends and hands each to `serve`: at most
+/// `max_connections` open at once (a newcomer beyond them is closed at once), each handshake
+/// within `handshake`.
+pub async fn serve_tls<F, Fut>(
+    listener: tokio::net::TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+    max_connections: usize,
+    handshake: Duration,
+    serve: F,
+) where
+    F: Fn(tokio_rustls::server::TlsStream<tokio::net::TcpStream>, std::net::SocketAddr) -> Fut
+        + Send
+        + Sync
+        + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let serve = Arc::new(serve);
+    let connections = Arc::new(tokio::sync::Semaphore::new(max_connections));
+    loop {
+        let (conn, peer) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(slot) = connections.clone().try_acquire_owned() else {
+            tracing::warn!(%peer, "connection refused: {max_connections} already open");
+            continue;
+        };
+        let (acceptor, serve) = (acceptor.clone(), serve.clone());
+        tokio::spawn(async move {
+            let _slot = slot;
+            match tokio::time::timeout(handshake, acceptor.accept(conn)).await {
+                Ok(Ok(tls)) => serve(tls, peer).await,
+                Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+            }
+        });
+    }
+}
+
+/// A whole answer: status, content type, body.
+pub fn reply(
+    status: http::StatusCode,
+    content_type: &'static str,
+    body: String,
+) -> http::Response<Full<Bytes>> {
+    let mut resp = http::Response::new(Full::new(Bytes::from(body)));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static(content_type),
+    );
+    resp
+}
 
 /// How long one call may take, connect to the last byte of the answer.
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(10);

@@ -15,6 +15,7 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use meshlet_defaults::issuer::{CHAIN_CONTENT_TYPE, MAX_CSR_BYTES, SVID_PATH};
+use meshlet_identity::https::{self, reply};
 use meshlet_identity::SpiffeId;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -164,40 +165,29 @@ async fn accept_loop(
     acceptor: tokio_rustls::TlsAcceptor,
     shared: Arc<Shared>,
 ) {
-    let connections = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    loop {
-        let (conn, peer) = match listener.accept().await {
-            Ok(c) => c,
-            Err(e) => {
-                warn!(error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
+    https::serve_tls(
+        listener,
+        acceptor,
+        MAX_CONNECTIONS,
+        HANDSHAKE_TIMEOUT,
+        move |tls, peer| {
+            let shared = shared.clone();
+            async move {
+                let service = hyper::service::service_fn(move |req| {
+                    let shared = shared.clone();
+                    async move { Ok::<_, Infallible>(handle(req, peer, &shared).await) }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(HEADER_TIMEOUT)
+                    .keep_alive(false)
+                    .max_buf_size(MAX_CSR_BYTES * 2)
+                    .serve_connection(TokioIo::new(tls), service)
+                    .await;
             }
-        };
-        let Ok(slot) = connections.clone().try_acquire_owned() else {
-            warn!(%peer, "connection refused: {MAX_CONNECTIONS} already open");
-            continue;
-        };
-        let (acceptor, shared) = (acceptor.clone(), shared.clone());
-        tokio::spawn(async move {
-            let _slot = slot;
-            let Ok(Ok(tls)) = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(conn)).await
-            else {
-                return;
-            };
-            let service = hyper::service::service_fn(move |req| {
-                let shared = shared.clone();
-                async move { Ok::<_, Infallible>(handle(req, peer, &shared).await) }
-            });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_TIMEOUT)
-                .keep_alive(false)
-                .max_buf_size(MAX_CSR_BYTES * 2)
-                .serve_connection(TokioIo::new(tls), service)
-                .await;
-        });
-    }
+        },
+    )
+    .await
 }
 
 /// Why a request got no SVID: the answer's status comes from the type.
@@ -350,14 +340,4 @@ async fn issue(
         caller.namespace, caller.pod_name, caller.pod_uid
     );
     Ok((id, pod, chain))
-}
-
-fn reply(status: StatusCode, content_type: &'static str, body: String) -> Response<Full<Bytes>> {
-    let mut resp = Response::new(Full::new(Bytes::from(body)));
-    *resp.status_mut() = status;
-    resp.headers_mut().insert(
-        http::header::CONTENT_TYPE,
-        http::HeaderValue::from_static(content_type),
-    );
-    resp
 }
