@@ -71,6 +71,27 @@ impl LeafSpec {
     }
 }
 
+impl LeafSpec {
+    /// A TLS server's certificate (no SPIFFE ID, so never an identity in the mesh) for these
+    /// names, each a DNS name or an address, valid from a minute ago for `ttl`, serverAuth only.
+    pub fn server(names: &[String], ttl: Duration) -> Self {
+        let now = OffsetDateTime::now_utc();
+        let (ips, dns): (Vec<&String>, Vec<&String>) = names
+            .iter()
+            .partition(|n| n.parse::<std::net::IpAddr>().is_ok());
+        LeafSpec {
+            uris: Vec::new(),
+            dns: dns.into_iter().cloned().collect(),
+            ips: ips.into_iter().filter_map(|i| i.parse().ok()).collect(),
+            not_before: now - time::Duration::minutes(1),
+            not_after: now + ttl,
+            is_ca: false,
+            digital_signature: true,
+            eku: Some(vec![ExtendedKeyUsagePurpose::ServerAuth]),
+        }
+    }
+}
+
 fn serial() -> SerialNumber {
     // Unique enough for throwaway CAs: nanoseconds since the epoch plus the process id.
     let nanos = OffsetDateTime::now_utc().unix_timestamp_nanos() as u128;

@@ -5,7 +5,6 @@
 //! bundle. A new CA that the pods do not trust yet is never used, so the rotation's steps
 //! cannot be taken out of order (deploy/README.md, "Rotating the CA").
 
-use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,7 +12,6 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use meshlet_identity::issue::{Ca, LeafSpec};
 use meshlet_identity::SpiffeId;
-use rcgen::ExtendedKeyUsagePurpose;
 use rustls::sign::CertifiedKey;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
@@ -218,19 +216,7 @@ impl rustls::server::ResolvesServerCert for Authority {
 /// The issuer's serving certificate: its names, serverAuth only, and no SPIFFE ID, so it is
 /// never an identity in the mesh.
 fn serving_key(ca: &Ca, names: &[String]) -> Result<CertifiedKey, String> {
-    let now = OffsetDateTime::now_utc();
-    let (ips, dns): (Vec<&String>, Vec<&String>) =
-        names.iter().partition(|n| n.parse::<IpAddr>().is_ok());
-    let spec = LeafSpec {
-        uris: Vec::new(),
-        dns: dns.into_iter().cloned().collect(),
-        ips: ips.into_iter().filter_map(|i| i.parse().ok()).collect(),
-        not_before: now - time::Duration::minutes(1),
-        not_after: now + SERVING_LIFETIME,
-        is_ca: false,
-        digital_signature: true,
-        eku: Some(vec![ExtendedKeyUsagePurpose::ServerAuth]),
-    };
+    let spec = LeafSpec::server(names, SERVING_LIFETIME);
     let pem = ca
         .issue(&spec)
         .map_err(|e| format!("the serving certificate: {e}"))?;

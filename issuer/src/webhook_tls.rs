@@ -9,9 +9,7 @@ use std::time::Duration;
 
 use base64::Engine;
 use meshlet_identity::issue::LeafSpec;
-use rcgen::ExtendedKeyUsagePurpose;
 use serde_json::{json, Value};
-use time::OffsetDateTime;
 use tracing::{info, warn};
 use x509_parser::prelude::{FromDer, X509Certificate};
 
@@ -97,17 +95,7 @@ pub async fn once(
     if fresh {
         return Ok(());
     }
-    let now = OffsetDateTime::now_utc();
-    let spec = LeafSpec {
-        uris: Vec::new(),
-        dns: vec![want.dns_name.clone()],
-        ips: Vec::new(),
-        not_before: now - time::Duration::minutes(1),
-        not_after: now + LIFETIME,
-        is_ca: false,
-        digital_signature: true,
-        eku: Some(vec![ExtendedKeyUsagePurpose::ServerAuth]),
-    };
+    let spec = LeafSpec::server(std::slice::from_ref(&want.dns_name), LIFETIME);
     let pem = authority.issue_leaf(&spec)?;
     let mut secret = json!({
         "apiVersion": "v1",
