@@ -84,6 +84,8 @@ pub struct Authority {
     serving: ArcSwap<CertifiedKey>,
     serving_names: Vec<String>,
     bundle_changes: tokio::sync::watch::Sender<String>,
+    /// Counts every swap of the signing set (a new CA with the same bundle too).
+    signing_changes: tokio::sync::watch::Sender<u64>,
 }
 
 impl std::fmt::Debug for Authority {
@@ -102,6 +104,7 @@ impl Authority {
             serving: ArcSwap::from_pointee(serving),
             serving_names,
             bundle_changes,
+            signing_changes: tokio::sync::watch::channel(0).0,
         }))
     }
 
@@ -113,6 +116,16 @@ impl Authority {
     /// The published bundle, now and whenever it changes.
     pub fn bundle(&self) -> tokio::sync::watch::Receiver<String> {
         self.bundle_changes.subscribe()
+    }
+
+    /// Changes whenever the signing set is swapped, the CA or the bundle.
+    pub fn signing_changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.signing_changes.subscribe()
+    }
+
+    /// The published bundle as it is now.
+    pub fn current_bundle(&self) -> String {
+        self.signing.load().bundle_pem.clone()
     }
 
     /// Signs an SVID for `id` and the CSR's key: the chain, PEM.
@@ -160,6 +173,7 @@ impl Authority {
             *b = bundle;
             changed
         });
+        self.signing_changes.send_modify(|n| *n += 1);
         Ok(())
     }
 

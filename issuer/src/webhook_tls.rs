@@ -33,17 +33,20 @@ pub struct WebhookTls {
     pub dns_name: String,
 }
 
-/// Keeps both current until the process ends.
+/// Keeps both current until the process ends: checked every hour and whenever the CA or the
+/// bundle changes (a new CA signs with the bundle unchanged in a rotation's second step, and
+/// the webhook must move to it then, while the API server still trusts both).
 pub async fn run(api: Api, authority: std::sync::Arc<Authority>, want: WebhookTls) {
-    let mut bundle = authority.bundle();
+    let mut changes = authority.signing_changes();
     loop {
-        let current = bundle.borrow_and_update().clone();
-        if let Err(e) = once(&api, &authority, &want, &current).await {
+        changes.borrow_and_update();
+        let bundle = authority.current_bundle();
+        if let Err(e) = once(&api, &authority, &want, &bundle).await {
             warn!(error = %e, "the webhook's certificate or caBundle is not up to date");
         }
         tokio::select! {
             _ = tokio::time::sleep(EVERY) => {}
-            changed = bundle.changed() => if changed.is_err() { return },
+            changed = changes.changed() => if changed.is_err() { return },
         }
     }
 }

@@ -388,12 +388,19 @@ async fn the_webhooks_certificate_and_ca_bundle_are_kept_by_the_issuer_through_a
             && cert.is_some_and(|c| verifies_for(&old.pem.cert, &c, name))
     })
     .await;
-    // The CA rotates: the API server trusts both, then the certificate is the new CA's.
+    // The CA rotates. Step 1: the API server trusts both, the old CA still signs.
     let new = Ca::new(TD, DAY).unwrap();
     let both = format!("{}{}", old.pem.cert, new.pem.cert);
+    write_ca(&ca_dir, &old, &both);
+    eventually("a caBundle of both roots", 10, async || {
+        state(&api).0.iter().all(|b| *b == both)
+    })
+    .await;
+    // Step 2: the new CA signs, the bundle unchanged. The webhook moves to the new CA now,
+    // while both are trusted, not at step 3 when the old root goes.
     write_ca(&ca_dir, &new, &both);
     eventually(
-        "a certificate from the new CA, trusted by the caBundle",
+        "a certificate from the new CA while both roots are trusted",
         10,
         async || {
             let (bundles, cert) = state(&api);
@@ -401,5 +408,13 @@ async fn the_webhooks_certificate_and_ca_bundle_are_kept_by_the_issuer_through_a
                 && cert.is_some_and(|c| verifies_for(&new.pem.cert, &c, name))
         },
     )
+    .await;
+    // Step 3: the old root out.
+    write_ca(&ca_dir, &new, &new.pem.cert);
+    eventually("a caBundle of the new root alone", 10, async || {
+        let (bundles, cert) = state(&api);
+        bundles.iter().all(|b| *b == new.pem.cert)
+            && cert.is_some_and(|c| verifies_for(&new.pem.cert, &c, name))
+    })
     .await;
 }
