@@ -17,6 +17,7 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use time::OffsetDateTime;
 use tracing::{info, warn};
+use x509_parser::prelude::{FromDer, X509Certificate};
 
 /// How long the issuer's own serving certificate lives; it is made again every hour.
 const SERVING_LIFETIME: Duration = Duration::from_secs(24 * 3600);
@@ -155,7 +156,7 @@ impl Authority {
     /// True when the first certificate of `pem` was signed by the current CA and has more than
     /// `min_left` before it expires.
     pub fn signed_recently(&self, pem: &[u8], min_left: Duration) -> bool {
-        let Some((issuer, not_after)) = crate::webhook_tls::issuer_and_expiry(pem) else {
+        let Some((issuer, not_after)) = issuer_and_expiry(pem) else {
             return false;
         };
         let now = OffsetDateTime::now_utc().unix_timestamp();
@@ -238,4 +239,14 @@ fn serving_key(ca: &Ca, names: &[String]) -> Result<CertifiedKey, String> {
     let key = PrivateKeyDer::from_pem_slice(pem.key.as_bytes()).map_err(|e| e.to_string())?;
     CertifiedKey::from_der(chain, key, &meshlet_identity::crypto_provider())
         .map_err(|e| e.to_string())
+}
+
+/// The issuer and expiry of the first certificate of a PEM chain.
+fn issuer_and_expiry(pem: &[u8]) -> Option<(Vec<u8>, i64)> {
+    let der = meshlet_identity::source::parse_certs(pem).ok()?;
+    let (_, cert) = X509Certificate::from_der(der.first()?.as_ref()).ok()?;
+    Some((
+        cert.issuer().as_raw().to_vec(),
+        cert.validity().not_after.timestamp(),
+    ))
 }

@@ -11,7 +11,6 @@ use base64::Engine;
 use meshlet_identity::issue::LeafSpec;
 use serde_json::{json, Value};
 use tracing::{info, warn};
-use x509_parser::prelude::{FromDer, X509Certificate};
 
 use crate::authority::Authority;
 use crate::kube::{self, Api};
@@ -156,14 +155,4 @@ async fn put(api: &Api, path: &str, body: &Value) -> Result<(), String> {
     } else {
         Err(format!("PUT {path}: {}", kube::message(status, &answer)))
     }
-}
-
-/// The issuer and expiry of the first certificate of a PEM chain.
-pub fn issuer_and_expiry(pem: &[u8]) -> Option<(Vec<u8>, i64)> {
-    let der = meshlet_identity::source::parse_certs(pem).ok()?;
-    let (_, cert) = X509Certificate::from_der(der.first()?.as_ref()).ok()?;
-    Some((
-        cert.issuer().as_raw().to_vec(),
-        cert.validity().not_after.timestamp(),
-    ))
 }
