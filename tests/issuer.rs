@@ -292,20 +292,23 @@ fn traffic(pod: &Pod, target: SocketAddr) -> Traffic {
                 Ok::<_, std::io::Error>(String::from_utf8_lossy(&text).into_owned())
             })
             .await;
-            let mut seen = seen2.lock().unwrap();
-            match answer {
+            let failure = match answer {
                 Ok(Ok(text))
                     if text.starts_with("HTTP/1.1 200") || text.starts_with("HTTP/1.0 200") =>
                 {
-                    seen.0 += 1
+                    None
                 }
-                Ok(Ok(text)) => seen
-                    .1
-                    .push(format!("{n}: {}", text.lines().next().unwrap_or(""))),
-                Ok(Err(e)) => seen.1.push(format!("{n}: {e}")),
-                Err(_) => seen.1.push(format!("{n}: timed out")),
+                Ok(Ok(text)) => Some(format!("{n}: {}", text.lines().next().unwrap_or(""))),
+                Ok(Err(e)) => Some(format!("{n}: {e}")),
+                Err(_) => Some(format!("{n}: timed out")),
+            };
+            {
+                let mut seen = seen2.lock().unwrap();
+                match failure {
+                    None => seen.0 += 1,
+                    Some(f) => seen.1.push(f),
+                }
             }
-            drop(seen);
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     });
