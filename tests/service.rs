@@ -138,8 +138,9 @@ fn service_calls_through_a_masquerading_node_are_balanced_too() {
     if !root_or_skip("service_calls_through_a_masquerading_node_are_balanced_too") {
         return;
     }
-    // The backends see the node's address, not the client's: no locate can be confirmed, so
-    // each call takes mTLS of its own through the Service address.
+    // The backends see the node's address, not the client's. A stream on a pooled connection
+    // dialed through the Service goes where that connection arrived, whoever the backend thinks
+    // dialed it: masquerading changes nothing.
     let c = cluster("svcmasq", "");
     c.mesh.lab.masquerade_services().unwrap();
     let svc = SocketAddr::from((VIP, 80));
@@ -150,15 +151,7 @@ fn service_calls_through_a_masquerading_node_are_balanced_too() {
         a >= 8 && b >= 8,
         "balancing lost: backend-a {a}, backend-b {b}"
     );
-    // Learned once, not paid for on every connection: after the first unconfirmed locate the
-    // Service's connections go straight through it.
-    let log = std::fs::read_to_string(c.mesh.dir.join("client/proxy.log")).unwrap();
-    assert_eq!(
-        log.matches("did not confirm a locate").count(),
-        1,
-        "the client's log:\n{log}"
-    );
-    let located = (0..2)
+    let pooled = (0..2)
         .map(|i| {
             counter(
                 &c.mesh,
@@ -167,7 +160,11 @@ fn service_calls_through_a_masquerading_node_are_balanced_too() {
             )
         })
         .sum::<u64>();
-    assert_eq!(located, 0, "no stream rode a pooled connection");
+    let log = std::fs::read_to_string(c.mesh.dir.join("client/proxy.log")).unwrap();
+    assert!(
+        pooled >= 39,
+        "calls rode pooled streams through the masquerading node: {pooled} of 40; the client's log:\n{log}"
+    );
 }
 
 #[test]
@@ -347,18 +344,27 @@ fn a_backend_added_to_the_service_gets_calls_within_seconds() {
     c.backends.push(added);
     let targets: Vec<_> = c.backends.iter().map(|b| (b.ip, 8080)).collect();
     c.mesh.lab.set_service(VIP, 80, &targets).unwrap();
+    // The app keeps calling, a round of connections every tenth of a second.
+    let round = |path: &str| {
+        let replies = c.mesh.get_each_new(&c.client, svc, 15, &[path]).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        shares_of(&replies, &names)
+    };
     let started = std::time::Instant::now();
-    let after = shares_of(
-        &c.mesh
-            .get_each_new(&c.client, svc, 45, &["/after"])
-            .unwrap(),
-        &names,
-    );
+    while round("/finding")[2] == 0 {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(5),
+            "the added backend got no call within 5 s"
+        );
+    }
+    let after = (0..4).fold(vec![0; 3], |sum, _| {
+        let r = round("/after");
+        sum.iter().zip(r).map(|(s, n)| s + n).collect()
+    });
 
-    assert!(started.elapsed() < std::time::Duration::from_secs(10));
-    // Binomial(45, 1/3): below 5 on any backend has a probability of about 1e-4.
+    // An even share is 20 of 60; below 8 would mean a backend is left out most of the time.
     assert!(
-        after.iter().all(|&n| n >= 5),
-        "all three backends get calls at once: {after:?}"
+        after.iter().all(|&n| n >= 8),
+        "all three backends get calls: {after:?}"
     );
 }

@@ -45,7 +45,7 @@ fn scene(name: &str, worker_yaml: impl FnOnce(&Pod) -> String) -> Scene {
         &evil_id,
         8080,
         Lies {
-            reached: SocketAddr::from((echo.ip, 8080)),
+            reached: vec![SocketAddr::from((echo.ip, 8080))],
             located: SocketAddr::from((echo.ip, 9000)),
         },
     );
@@ -169,4 +169,96 @@ fn a_locate_answer_cannot_send_a_callers_bytes_to_another_pods_port() {
         "echo's app on 9000 saw a request meant for evil: {app_9000}"
     );
     echo_answers_every_call(&s, 3, "/after");
+}
+
+#[test]
+fn a_service_backend_that_lies_about_where_it_was_reached_gets_no_more_than_its_share() {
+    if !root_or_skip(
+        "a_service_backend_that_lies_about_where_it_was_reached_gets_no_more_than_its_share",
+    ) {
+        return;
+    }
+    // Two honest backends of echo and the liar behind one Service address. Every answer of
+    // the liar claims another address: echo-a's, then addresses where no pod is.
+    let mut mesh = Mesh::new("svclies", exe()).unwrap();
+    let worker = mesh.lab.add_pod("worker", 1).unwrap();
+    let backends = [
+        mesh.lab.add_pod("echo-a", 21).unwrap(),
+        mesh.lab.add_pod("echo-b", 22).unwrap(),
+    ];
+    let evil = mesh.lab.add_pod("evil", 5).unwrap();
+    for b in &backends {
+        let dir = mesh.issue(b, ECHO).unwrap();
+        mesh.init(b, &[]).unwrap();
+        mesh.start_proxy(b, &dir, "").unwrap();
+        mesh.start_app(b, 8080).unwrap();
+    }
+    let dir = mesh.issue(&worker, WORKER).unwrap();
+    mesh.init(&worker, &[]).unwrap();
+    mesh.start_proxy(&worker, &dir, "").unwrap();
+    let evil_id = mesh.issue(&evil, OTHER).unwrap();
+    let mut claims = vec![SocketAddr::from((backends[0].ip, 8080))];
+    claims.extend((100..110).map(|i| SocketAddr::from(([198, 18, 0, i], 8080))));
+    let seen = liar::start(
+        &evil,
+        &evil_id,
+        8080,
+        Lies {
+            reached: claims,
+            located: SocketAddr::from((backends[0].ip, 8080)),
+        },
+    );
+    let vip = std::net::Ipv4Addr::new(198, 18, 9, 30);
+    let svc = SocketAddr::from((vip, 80));
+    // The Service is in use, then the liar becomes one of its backends.
+    let honest = [backends[0].ip, backends[1].ip].map(|ip| (ip, 8080));
+    mesh.lab.set_service(vip, 80, &honest).unwrap();
+    mesh.get_each_new(&worker, svc, 3, &["/warm"]).unwrap();
+    let targets = [backends[0].ip, backends[1].ip, evil.ip].map(|ip| (ip, 8080));
+    mesh.lab.set_service(vip, 80, &targets).unwrap();
+
+    // The app calls the Service in rounds of new connections, as a busy client does, until
+    // the liar has taken some (the client samples a Service's backends a few times a second).
+    let round = || {
+        let replies = mesh.get_each_new(&worker, svc, 15, &["/svc"]).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        let mut got = [0usize; 3];
+        for r in replies {
+            let who = ["hello from echo-a", "hello from echo-b", "hello from liar"]
+                .iter()
+                .position(|n| r.body.contains(n))
+                .unwrap_or_else(|| panic!("answered by nobody known: {r:?}"));
+            got[who] += 1;
+        }
+        got
+    };
+    let started = std::time::Instant::now();
+    while round()[2] == 0 && started.elapsed() < std::time::Duration::from_secs(10) {}
+    // And for a few seconds more, while the client fills its samples of the Service.
+    let found = std::time::Instant::now();
+    while found.elapsed() < std::time::Duration::from_secs(3) {
+        round();
+    }
+    let got = (0..6).fold([0usize; 3], |sum, _| {
+        let r = round();
+        [sum[0] + r[0], sum[1] + r[1], sum[2] + r[2]]
+    });
+
+    let log = std::fs::read_to_string(mesh.dir.join("worker/proxy.log")).unwrap();
+    assert!(
+        seen.all().iter().any(|e| e.starts_with("connect ")),
+        "the scene is as intended: the liar took streams through the Service: {:?}",
+        seen.all()
+    );
+    // Its share is one backend's of three (30 of 90): its many names count as one, and the
+    // name of echo-a's pod proves nothing for a certificate that is not echo-a's. (Were each
+    // name a backend of its own, the liar's share would be most of the calls.)
+    assert!(
+        got[2] <= 40,
+        "the liar's lies won it more than its share: {got:?}; the worker's log:\n{log}"
+    );
+    assert!(
+        got[0] >= 15 && got[1] >= 15,
+        "the honest backends kept their shares: {got:?}"
+    );
 }

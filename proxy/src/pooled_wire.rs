@@ -11,8 +11,13 @@ pub const SEND_BUF: usize = 4 << 20;
 
 /// Header a peer sets when it refuses a stream because the pooled connection is stale.
 pub const RETRY_HEADER: &str = "meshlet-retry";
-/// Header of a 421 answer: the pod address and port the pooled connection really reached.
-/// Sent for clients of the first release; a client of this one never acts on it (see `locate`).
+/// Header of a stream to a Service address over a pooled connection dialed *through* it: the
+/// stream goes to the pod address and port where that connection arrived, whatever address it
+/// names. A proxy of the previous release does not know it and answers 421.
+pub const THROUGH_HEADER: &str = "meshlet-through";
+/// Header of the answer to a through stream (and of a 421): the pod address and port the
+/// pooled connection arrived at. A client uses it only to tell backends apart for balancing,
+/// never to choose where a connection goes (see `outbound::service`).
 pub const REACHED_HEADER: &str = "meshlet-reached";
 /// Header of a stream to a located pod: the token of the locate that named it (32 hex digits).
 pub const LOCATED_HEADER: &str = "meshlet-located";

@@ -4,7 +4,8 @@
 //! callers sent it.
 //!
 //! - pooled (HTTP/2 CONNECT) streams naming its own address: `421` with `meshlet-reached`
-//!   naming a victim's address;
+//!   naming a victim's address; any other stream is served, and its answer names the addresses
+//!   of `Lies::reached` in turn as where it arrived;
 //! - locate requests: answered with a victim's address and port;
 //! - any other stream or mTLS connection: accepted and served as HTTP, `hello from liar`.
 
@@ -25,8 +26,8 @@ use super::Pod;
 
 /// What the liar lies about.
 pub struct Lies {
-    /// Named in the `meshlet-reached` header of its 421 answers.
-    pub reached: SocketAddr,
+    /// Named in the `meshlet-reached` header of its answers, one after the other.
+    pub reached: Vec<SocketAddr>,
     /// Its answer to every locate request.
     pub located: SocketAddr,
 }
@@ -66,7 +67,7 @@ pub fn start(pod: &Pod, identity: &Path, port: u16, lies: Lies) -> Seen {
     let seen = Seen::default();
     let record = seen.clone();
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-    let lies = Arc::new(lies);
+    let lies = Arc::new((lies, std::sync::atomic::AtomicUsize::new(0)));
     super::in_pod(pod, move || async move {
         let listener = tokio::net::TcpListener::bind(("0.0.0.0", port))
             .await
@@ -90,7 +91,7 @@ async fn serve(
     mut conn: tokio::net::TcpStream,
     acceptor: tokio_rustls::TlsAcceptor,
     seen: Seen,
-    lies: Arc<Lies>,
+    lies: Arc<(Lies, std::sync::atomic::AtomicUsize)>,
     own: SocketAddr,
 ) -> std::io::Result<()> {
     let mut first = [0u8; 1];
@@ -99,7 +100,7 @@ async fn serve(
         let mut request = [0u8; 64];
         let _ = conn.read(&mut request).await?;
         seen.push("locate".into());
-        conn.write_all(format!("{}\n", lies.located).as_bytes())
+        conn.write_all(format!("{}\n", lies.0.located).as_bytes())
             .await?;
         return conn.shutdown().await;
     }
@@ -118,10 +119,13 @@ async fn serve(
                 .unwrap_or_default();
             seen.push(format!("connect {authority}"));
             let mut resp = Response::new(Full::new(Bytes::new()));
+            let (lies, turn) = &*lies;
+            let n = turn.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let named = lies.reached[n % lies.reached.len()];
+            resp.headers_mut()
+                .insert("meshlet-reached", named.to_string().parse().unwrap());
             if authority == own.to_string() {
                 *resp.status_mut() = StatusCode::MISDIRECTED_REQUEST;
-                resp.headers_mut()
-                    .insert("meshlet-reached", lies.reached.to_string().parse().unwrap());
             } else {
                 let upgrade = hyper::upgrade::on(&mut req);
                 tokio::spawn(async move {

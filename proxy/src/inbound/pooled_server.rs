@@ -1,7 +1,9 @@
 //! The pooled transport, server half (the client half is `outbound::pooled_client`, the wire
 //! they share `pooled_wire`): one authenticated mTLS connection from a peer proxy carries many
 //! app connections as HTTP/2 CONNECT streams. Each stream names its original destination,
-//! which must pass the `destination` rule, and enters the app through `deliver` on its own.
+//! which must pass the `destination` rule, and enters the app through `deliver` on its own. A
+//! stream marked as riding a connection dialed through a Service address (`THROUGH_HEADER`)
+//! goes where that connection itself arrived, which is where the node's translation sent it.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -28,7 +30,7 @@ use crate::metrics::{DirLabels, INBOUND};
 use crate::orig_dst::OriginalDst;
 use crate::pooled_wire::{
     CONNECTION_WINDOW, LOCATED_HEADER, MAX_FRAME, NOT_LOCATED_HEADER, REACHED_HEADER, RETRY_HEADER,
-    SEND_BUF, STREAM_WINDOW,
+    SEND_BUF, STREAM_WINDOW, THROUGH_HEADER,
 };
 use crate::reason::Reason;
 use crate::refusal::{Refusal, Refused};
@@ -209,7 +211,8 @@ async fn stream(ctx: &ConnCtx, mut req: Request<Incoming>) -> Response<Empty<Byt
         );
     };
     let captured = matches!(ctx.dst_mode, OriginalDst::Kernel);
-    if let (true, Some(token)) = (captured, req.headers().get(LOCATED_HEADER)) {
+    let through = req.headers().contains_key(THROUGH_HEADER);
+    if let (true, false, Some(token)) = (captured, through, req.headers().get(LOCATED_HEADER)) {
         // A located stream goes only where this proxy's own locate answer said, to this
         // caller: a token from elsewhere (a lying answer, a relayed request) is refused.
         if !locate::claim_header(&inbound.located, token, ctx.peer.ip(), named) {
@@ -227,9 +230,13 @@ async fn stream(ctx: &ConnCtx, mut req: Request<Incoming>) -> Response<Empty<Byt
             return resp;
         }
     }
-    let dst = match destination::admit(&inbound.local, &inbound.proxy_ports, ctx.dst_mode, named) {
+    // A through stream names the Service address its client dialed; it is delivered where the
+    // pooled connection arrived, which the same rule must admit (a connection dialed straight
+    // at one of the proxy's ports stays refused).
+    let target = if through { ctx.outer_dst } else { named };
+    let dst = match destination::admit(&inbound.local, &inbound.proxy_ports, ctx.dst_mode, target) {
         Ok(dst) => dst,
-        Err(NotOnThisPod::ForeignAddress(_)) if !named.ip().is_loopback() => {
+        Err(NotOnThisPod::ForeignAddress(_)) if !through && !named.ip().is_loopback() => {
             // Most likely a virtual destination (a Service address the node translated):
             // say where this connection really arrived, so the peer can name it.
             debug!(peer = %ctx.peer, %named, reached = %ctx.outer_dst, "stream names another address; telling the peer where it arrived");
@@ -253,5 +260,11 @@ async fn stream(ctx: &ConnCtx, mut req: Request<Incoming>) -> Response<Empty<Byt
             refusal.record(&inbound.metrics, INBOUND, Refused::Stream, peer);
         }
     });
-    reply(heard.await.unwrap_or(StatusCode::SERVICE_UNAVAILABLE))
+    let mut resp = reply(heard.await.unwrap_or(StatusCode::SERVICE_UNAVAILABLE));
+    if through {
+        if let Ok(v) = ::http::HeaderValue::from_str(&dst.addr().to_string()) {
+            resp.headers_mut().insert(REACHED_HEADER, v);
+        }
+    }
+    resp
 }

@@ -15,3 +15,4 @@ pub mod mesh_port;
 pub mod pooled_client;
 pub mod prevent_loop;
 pub mod routes;
+pub mod service;

@@ -13,15 +13,17 @@
 //!
 //! Virtual destinations (Service addresses that the node translates to a backend pod per TCP
 //! connection) are learned when a connection dialed to one reaches a pod that refuses a stream
-//! naming it (421); from then on each app connection to them is first located (`locate`) so
-//! that it reaches the backend the node's balancing chooses for it, and rides the pooled
-//! connection dialed to that pod, which must confirm the locate's token.
+//! naming it (421); from then on app connections to them ride pooled connections dialed through
+//! them, balanced over the backends those reached (`service`). Backends of the previous
+//! release do not take such streams: app connections to a Service that has them are first
+//! located (`locate`) and ride the pooled connection dialed to the located pod, which must
+//! confirm the locate's token.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{Method, Request, StatusCode};
@@ -32,13 +34,14 @@ use meshlet_identity::SpiffeId;
 use tracing::{debug, info};
 
 use super::mesh_port::Answered;
+use super::service::{Services, Taken, Through};
 use crate::dial::{check_pins, ConnectError, Dialer, Upstream};
 use crate::expiring::ExpiringMap;
 use crate::locate;
 use crate::metrics::OUTBOUND;
 use crate::pooled_wire::{
-    CONNECTION_WINDOW, LOCATED_HEADER, MAX_FRAME, NOT_LOCATED_HEADER, RETRY_HEADER, SEND_BUF,
-    STREAM_WINDOW,
+    CONNECTION_WINDOW, LOCATED_HEADER, MAX_FRAME, NOT_LOCATED_HEADER, REACHED_HEADER, RETRY_HEADER,
+    SEND_BUF, STREAM_WINDOW, THROUGH_HEADER,
 };
 
 /// How long a destination found to be virtual is remembered. Service addresses are stable; the
@@ -46,18 +49,20 @@ use crate::pooled_wire::{
 const VIRTUAL_TTL: Duration = Duration::from_secs(600);
 
 #[derive(Clone)]
-struct PooledConn {
+pub struct PooledConn {
     /// Tells this connection from a later one in the same slot.
-    id: u64,
+    pub id: u64,
     sender: SendRequest<Empty<Bytes>>,
-    peer: SpiffeId,
+    pub peer: SpiffeId,
     /// When the peer's certificate expires: the connection is not used past that.
     peer_not_after: std::time::SystemTime,
     generation: u64,
+    /// When it was dialed: see [`REDIAL_AFTER`].
+    born: Instant,
 }
 
 impl PooledConn {
-    fn usable(&self, generation: u64) -> bool {
+    pub fn usable(&self, generation: u64) -> bool {
         !self.sender.is_closed()
             && self.generation == generation
             && std::time::SystemTime::now() < self.peer_not_after
@@ -77,6 +82,8 @@ pub struct Pool {
     no_mux: Mutex<HashMap<IpAddr, ()>>,
     /// Destinations found to be virtual, until when.
     virtual_dsts: ExpiringMap<SocketAddr, Virtual>,
+    /// The pooled connections dialed through virtual destinations.
+    services: Services,
 }
 
 /// Where a stream is sent and how it was decided.
@@ -92,7 +99,11 @@ enum Target {
 /// How app connections to a virtual destination are carried.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Virtual {
-    /// Each is located, then rides the pooled connection to the pod that confirms it.
+    /// Over pooled connections dialed through it, balanced over the backends they reached.
+    Spread,
+    /// Each is located, then rides the pooled connection to the pod that confirms it: for a
+    /// destination with backends of the previous release, which do not take through streams.
+    /// Tried again after [`THROUGH_TTL`].
     Locate,
     /// Each takes mTLS of its own through the destination: its pods cannot be located or do
     /// not confirm their locates (a node that source-NATs Service traffic, backends without
@@ -106,7 +117,7 @@ enum Virtual {
 const THROUGH_TTL: Duration = Duration::from_secs(60);
 
 /// A pooled connection, or the peer's choice of a connection of its own instead.
-enum Dialed {
+pub enum Dialed {
     Pooled(PooledConn),
     Own(Upstream, SpiffeId),
 }
@@ -114,10 +125,11 @@ enum Dialed {
 impl Pool {
     pub fn new(dialer: Arc<Dialer>) -> Self {
         Pool {
-            dialer,
             slots: Mutex::default(),
             no_mux: Mutex::default(),
             virtual_dsts: ExpiringMap::new(MAX_PEERS),
+            services: Services::new(dialer.clone()),
+            dialer,
         }
     }
 
@@ -152,14 +164,17 @@ impl Pool {
     fn remember_virtual(&self, dst: SocketAddr, how: Virtual) {
         let before = self.virtual_dsts.get(dst);
         let ttl = match how {
-            Virtual::Locate => VIRTUAL_TTL,
-            Virtual::Through => THROUGH_TTL,
+            Virtual::Spread => VIRTUAL_TTL,
+            Virtual::Locate | Virtual::Through => THROUGH_TTL,
         };
         self.virtual_dsts.insert(dst, how, ttl);
         if before != Some(how) {
             match how {
+                Virtual::Spread => {
+                    info!(%dst, "virtual destination (translated by the node): connections ride pooled connections dialed through it")
+                }
                 Virtual::Locate => {
-                    info!(%dst, "virtual destination (translated by the node): each connection is located first")
+                    info!(%dst, secs = THROUGH_TTL.as_secs(), "virtual destination with backends of the previous release: each connection is located first for a while")
                 }
                 Virtual::Through => {
                     info!(%dst, secs = THROUGH_TTL.as_secs(), "virtual destination whose pods cannot be located or did not confirm a locate: connections take mTLS of their own through it for a while")
@@ -196,14 +211,14 @@ impl Pool {
         }
         let mut target = match self.virtual_dsts.get(dst) {
             None => Target::AsDialed(dst),
+            Some(Virtual::Spread) => return self.spread(dst, pins, handshake_timeout, probe).await,
             Some(Virtual::Locate) => Target::ToLocate,
             Some(Virtual::Through) => {
                 return self.through(dst, pins, handshake_timeout, probe).await
             }
         };
-        // A stale or broken pooled connection is replaced once; a destination found to be
-        // virtual is located once.
-        let (mut retried, mut redirected) = (false, false);
+        // A stale or broken pooled connection is replaced once.
+        let mut retried = false;
         loop {
             let (addr, token) = match target {
                 Target::AsDialed(a) => (a, None),
@@ -238,12 +253,14 @@ impl Pool {
             check_pins(dst, &conn.peer, pins)?;
             // A peer that vanished without closing (or hangs) would leave the app connection
             // waiting for the keep-alive to notice: a stream is due within the handshake timeout.
-            let opened =
-                tokio::time::timeout(handshake_timeout, stream(conn.sender.clone(), addr, token))
-                    .await
-                    .unwrap_or(Err(StreamError::TimedOut));
+            let opened = tokio::time::timeout(
+                handshake_timeout,
+                stream(conn.sender.clone(), addr, Name::Token(token)),
+            )
+            .await
+            .unwrap_or(Err(StreamError::TimedOut));
             let err = match opened {
-                Ok(io) => {
+                Ok((io, _)) => {
                     self.dialer
                         .metrics
                         .mux_streams
@@ -254,16 +271,15 @@ impl Pool {
                 Err(err) => err,
             };
             match err {
-                StreamError::Misdirected
-                    if !redirected && matches!(target, Target::AsDialed(_)) =>
-                {
+                StreamError::Misdirected if matches!(target, Target::AsDialed(_)) => {
                     // The connection dialed to `dst` reached a pod that `dst` is not an address
                     // of: the node translated it, so `dst` is virtual. Whatever else the peer
-                    // says is not used; each app connection to `dst` is located from now on.
-                    redirected = true;
-                    self.remember_virtual(dst, Virtual::Locate);
+                    // says is not used. The connection was dialed to `dst`, so it may carry
+                    // streams to `dst`, as the first of the samples of its backends.
+                    self.remember_virtual(dst, Virtual::Spread);
                     self.forget(addr.ip(), conn.id).await;
-                    target = Target::ToLocate;
+                    self.services.adopt(dst, conn);
+                    return self.spread(dst, pins, handshake_timeout, probe).await;
                 }
                 StreamError::Misdirected | StreamError::NotLocated if token.is_some() => {
                     // The pod named by the locate answer did not confirm it: the answer was
@@ -309,6 +325,88 @@ impl Pool {
         }
     }
 
+    /// A stream to the virtual destination `dst` over a pooled connection dialed through it
+    /// (see `service`). Backends of the previous release answer 421: the destination is then
+    /// located for a while instead.
+    async fn spread(
+        &self,
+        dst: SocketAddr,
+        pins: Option<&[SpiffeId]>,
+        handshake_timeout: Duration,
+        probe: Option<&Answered>,
+    ) -> Result<(Upstream, SpiffeId), ConnectError> {
+        // A sample that closed under us (its backend went away) is dropped and another taken;
+        // a few of them can be dead at once.
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            let Taken { conn, first } = match self.services.take(dst, handshake_timeout).await? {
+                Through::Sample(taken) => taken,
+                Through::Own(upstream, peer) => {
+                    check_pins(dst, &peer, pins)?;
+                    return Ok((upstream, peer));
+                }
+            };
+            if let Err(e) = check_pins(dst, &conn.peer, pins) {
+                self.services.drop_sample(dst, conn.id);
+                return Err(e);
+            }
+            // An authenticated meshlet peer behind this address: not silent.
+            if let Some(answered) = probe {
+                answered.set();
+            }
+            let opened = tokio::time::timeout(
+                handshake_timeout,
+                stream(conn.sender.clone(), dst, Name::Through),
+            )
+            .await
+            .unwrap_or(Err(StreamError::TimedOut));
+            let err = match opened {
+                Ok((io, reached)) => {
+                    if first {
+                        self.services
+                            .reached(dst, &conn, reached, handshake_timeout);
+                    }
+                    self.dialer
+                        .metrics
+                        .mux_streams
+                        .get_or_create(&crate::metrics::DirLabels::of(OUTBOUND))
+                        .inc();
+                    return Ok((Upstream::Stream(io), conn.peer));
+                }
+                Err(err) => err,
+            };
+            self.services.drop_sample(dst, conn.id);
+            match err {
+                StreamError::Misdirected => {
+                    // A backend of the previous release: it does not know through streams.
+                    self.services.forget(dst);
+                    self.remember_virtual(dst, Virtual::Locate);
+                    return Box::pin(self.open(dst, pins, handshake_timeout, probe)).await;
+                }
+                StreamError::Stale | StreamError::Hyper(_) | StreamError::TimedOut
+                    if tries < SPREAD_TRIES =>
+                {
+                    debug!(%dst, "pooled connection through a Service unusable; taking another");
+                }
+                StreamError::TimedOut => {
+                    return Err(ConnectError::StreamTimeout {
+                        dst,
+                        after: handshake_timeout,
+                    })
+                }
+                StreamError::Stale | StreamError::NotLocated => {
+                    return Err(ConnectError::StreamRefused {
+                        dst,
+                        why: "no pooled connection through the Service took the stream".into(),
+                    })
+                }
+                StreamError::Refused(why) => return Err(ConnectError::StreamRefused { dst, why }),
+                StreamError::Hyper(err) => return Err(ConnectError::Pool { dst, err }),
+            }
+        }
+    }
+
     /// The pod a virtual destination leads to for this connection; `None` (logged) when it
     /// cannot be told, e.g. a backend without meshlet.
     async fn locate(&self, dst: SocketAddr) -> Option<locate::Answer> {
@@ -332,7 +430,7 @@ impl Pool {
         let mut guard = slot.lock().await;
         let generation = self.dialer.store.generation();
         if let Some(conn) = guard.as_ref() {
-            if conn.usable(generation) {
+            if conn.usable(generation) && conn.born.elapsed() < REDIAL_AFTER {
                 // An authenticated meshlet peer at this address: not silent.
                 if let Some(answered) = probe {
                     answered.set();
@@ -343,37 +441,53 @@ impl Pool {
         *guard = None;
         // Boxed: dialing is rare and its state large; inline, it would size every app
         // connection's task.
-        let dialed = Box::pin(self.dial(dst, handshake_timeout, generation, probe)).await?;
-        if let Dialed::Pooled(pooled) = &dialed {
-            *guard = Some(pooled.clone());
-        }
-        Ok(dialed)
-    }
-
-    /// Opens a pooled connection to `dst` (or, if the peer declines, one of its own).
-    async fn dial(
-        &self,
-        dst: SocketAddr,
-        handshake_timeout: Duration,
-        generation: u64,
-        probe: Option<&Answered>,
-    ) -> Result<Dialed, ConnectError> {
-        let conn = self
-            .dialer
-            .connect_tls(
-                dst,
-                self.dialer.tls.client_mux.clone(),
-                handshake_timeout,
-                probe,
-            )
-            .await?;
-        if !conn.mux {
+        let dialed = Box::pin(dial_pooled(
+            &self.dialer,
+            dst,
+            handshake_timeout,
+            generation,
+            probe,
+        ))
+        .await?;
+        if let Dialed::Own(..) = &dialed {
             if let Ok(mut m) = self.no_mux.lock() {
                 if m.len() >= MAX_PEERS {
                     m.clear();
                 }
                 m.insert(dst.ip(), ());
             }
+        }
+        if let Dialed::Pooled(pooled) = &dialed {
+            *guard = Some(pooled.clone());
+        }
+        Ok(dialed)
+    }
+}
+
+/// How long a pooled connection dialed to a destination not known to be virtual takes new
+/// streams; then the next one is dialed afresh (streams under way stay where they are). A
+/// Service address whose first pooled connection reached a backend that accepts streams naming
+/// the Service address (a lying one: a meshlet backend refuses them) is thereby learned within
+/// this time, as soon as a fresh dial reaches an honest backend; for a pod address it costs one
+/// handshake per peer in this time.
+const REDIAL_AFTER: Duration = Duration::from_secs(30);
+
+/// How often a stream to a Service is tried on another of its pooled connections.
+const SPREAD_TRIES: usize = 3;
+
+/// Opens a pooled connection to `dst` (or, if the peer declines, one of its own).
+pub async fn dial_pooled(
+    dialer: &Dialer,
+    dst: SocketAddr,
+    handshake_timeout: Duration,
+    generation: u64,
+    probe: Option<&Answered>,
+) -> Result<Dialed, ConnectError> {
+    {
+        let conn = dialer
+            .connect_tls(dst, dialer.tls.client_mux.clone(), handshake_timeout, probe)
+            .await?;
+        if !conn.mux {
             return Ok(Dialed::Own(Upstream::Tls(Box::new(conn.stream)), conn.peer));
         }
         let (sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
@@ -394,12 +508,12 @@ impl Pool {
                 debug!(%dst, error = %e, "pooled connection ended");
             }
         });
-        self.dialer
+        dialer
             .metrics
             .mux_connections
             .get_or_create(&crate::metrics::DirLabels::of(OUTBOUND))
             .inc();
-        info!(%dst, %peer, "pooled connection to a peer proxy opened");
+        debug!(%dst, %peer, "pooled connection to a peer proxy opened");
         static NEXT_ID: AtomicU64 = AtomicU64::new(1);
         Ok(Dialed::Pooled(PooledConn {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
@@ -407,6 +521,7 @@ impl Pool {
             peer,
             peer_not_after,
             generation,
+            born: Instant::now(),
         }))
     }
 }
@@ -422,19 +537,30 @@ enum StreamError {
     TimedOut,
 }
 
-/// Opens one CONNECT stream naming the app connection's destination on the peer's pod, with
-/// the token of the locate that found it, if it was located.
+/// How a stream says where it goes.
+enum Name {
+    /// To the named address on the peer's pod, with the token of the locate that found it, if
+    /// it was located.
+    Token(Option<u128>),
+    /// To wherever the pooled connection arrived (it was dialed through the named Service).
+    Through,
+}
+
+/// Opens one CONNECT stream naming the app connection's destination; for a through stream,
+/// also the backend the peer says the connection reached.
 async fn stream(
     mut sender: SendRequest<Empty<Bytes>>,
     dst: SocketAddr,
-    token: Option<u128>,
-) -> Result<TokioIo<hyper::upgrade::Upgraded>, StreamError> {
+    name: Name,
+) -> Result<(TokioIo<hyper::upgrade::Upgraded>, Option<SocketAddr>), StreamError> {
     sender.ready().await.map_err(StreamError::Hyper)?;
     let mut req = Request::builder()
         .method(Method::CONNECT)
         .uri(dst.to_string());
-    if let Some(token) = token {
-        req = req.header(LOCATED_HEADER, locate::token_header(token));
+    match name {
+        Name::Token(Some(token)) => req = req.header(LOCATED_HEADER, locate::token_header(token)),
+        Name::Token(None) => {}
+        Name::Through => req = req.header(THROUGH_HEADER, "1"),
     }
     let req = req
         .body(Empty::<Bytes>::new())
@@ -458,8 +584,13 @@ async fn stream(
             return Err(StreamError::Refused(why));
         }
     }
-    hyper::upgrade::on(&mut resp)
+    let reached = resp
+        .headers()
+        .get(REACHED_HEADER)
+        .and_then(|v| v.to_str().ok()?.parse().ok());
+    let io = hyper::upgrade::on(&mut resp)
         .await
         .map(TokioIo::new)
-        .map_err(StreamError::Hyper)
+        .map_err(StreamError::Hyper)?;
+    Ok((io, reached))
 }
