@@ -211,7 +211,10 @@ impl Pool {
         }
         let mut target = match self.virtual_dsts.get(dst) {
             None => Target::AsDialed(dst),
-            Some(Virtual::Spread) => return self.spread(dst, pins, handshake_timeout, probe).await,
+            Some(Virtual::Spread) => {
+                // Boxed: inline, its state would size every app connection's task.
+                return Box::pin(self.spread(dst, pins, handshake_timeout, probe)).await;
+            }
             Some(Virtual::Locate) => Target::ToLocate,
             Some(Virtual::Through) => {
                 return self.through(dst, pins, handshake_timeout, probe).await
@@ -279,7 +282,7 @@ impl Pool {
                     self.remember_virtual(dst, Virtual::Spread);
                     self.forget(addr.ip(), conn.id).await;
                     self.services.adopt(dst, conn);
-                    return self.spread(dst, pins, handshake_timeout, probe).await;
+                    return Box::pin(self.spread(dst, pins, handshake_timeout, probe)).await;
                 }
                 StreamError::Misdirected | StreamError::NotLocated if token.is_some() => {
                     // The pod named by the locate answer did not confirm it: the answer was
