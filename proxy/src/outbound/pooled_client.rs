@@ -254,23 +254,11 @@ impl Pool {
                 Dialed::Own(..) => return self.through(dst, pins, handshake_timeout, probe).await,
             };
             check_pins(dst, &conn.peer, pins)?;
-            // A peer that vanished without closing (or hangs) would leave the app connection
-            // waiting for the keep-alive to notice: a stream is due within the handshake timeout.
-            let opened = tokio::time::timeout(
-                handshake_timeout,
-                stream(conn.sender.clone(), addr, Name::Token(token)),
-            )
-            .await
-            .unwrap_or(Err(StreamError::TimedOut));
-            let err = match opened {
-                Ok((io, _)) => {
-                    self.dialer
-                        .metrics
-                        .mux_streams
-                        .get_or_create(&crate::metrics::DirLabels::of(OUTBOUND))
-                        .inc();
-                    return Ok((Upstream::Stream(io), conn.peer));
-                }
+            let err = match self
+                .open_stream(&conn, addr, Name::Token(token), handshake_timeout)
+                .await
+            {
+                Ok((io, _)) => return Ok((Upstream::Stream(io), conn.peer)),
                 Err(err) => err,
             };
             match err {
@@ -358,23 +346,15 @@ impl Pool {
             if let Some(answered) = probe {
                 answered.set();
             }
-            let opened = tokio::time::timeout(
-                handshake_timeout,
-                stream(conn.sender.clone(), dst, Name::Through),
-            )
-            .await
-            .unwrap_or(Err(StreamError::TimedOut));
-            let err = match opened {
+            let err = match self
+                .open_stream(&conn, dst, Name::Through, handshake_timeout)
+                .await
+            {
                 Ok((io, reached)) => {
                     if first {
                         self.services
                             .reached(dst, &conn, reached, handshake_timeout);
                     }
-                    self.dialer
-                        .metrics
-                        .mux_streams
-                        .get_or_create(&crate::metrics::DirLabels::of(OUTBOUND))
-                        .inc();
                     return Ok((Upstream::Stream(io), conn.peer));
                 }
                 Err(err) => err,
@@ -408,6 +388,30 @@ impl Pool {
                 StreamError::Hyper(err) => return Err(ConnectError::Pool { dst, err }),
             }
         }
+    }
+
+    /// Opens a stream on `conn` (counted once open). A peer that vanished without closing (or
+    /// hangs) would leave the app connection waiting for the keep-alive to notice: a stream is
+    /// due within the handshake timeout.
+    async fn open_stream(
+        &self,
+        conn: &PooledConn,
+        dst: SocketAddr,
+        name: Name,
+        handshake_timeout: Duration,
+    ) -> Result<(TokioIo<hyper::upgrade::Upgraded>, Option<SocketAddr>), StreamError> {
+        let opened =
+            tokio::time::timeout(handshake_timeout, stream(conn.sender.clone(), dst, name))
+                .await
+                .unwrap_or(Err(StreamError::TimedOut));
+        if opened.is_ok() {
+            self.dialer
+                .metrics
+                .mux_streams
+                .get_or_create(&crate::metrics::DirLabels::of(OUTBOUND))
+                .inc();
+        }
+        opened
     }
 
     /// The pod a virtual destination leads to for this connection; `None` (logged) when it
@@ -486,47 +490,45 @@ pub async fn dial_pooled(
     generation: u64,
     probe: Option<&Answered>,
 ) -> Result<Dialed, ConnectError> {
-    {
-        let conn = dialer
-            .connect_tls(dst, dialer.tls.client_mux.clone(), handshake_timeout, probe)
-            .await?;
-        if !conn.mux {
-            return Ok(Dialed::Own(Upstream::Tls(Box::new(conn.stream)), conn.peer));
-        }
-        let (sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .initial_stream_window_size(STREAM_WINDOW)
-            .initial_connection_window_size(CONNECTION_WINDOW)
-            .max_frame_size(MAX_FRAME)
-            .max_send_buf_size(SEND_BUF)
-            .adaptive_window(false)
-            .keep_alive_interval(Duration::from_secs(30))
-            .keep_alive_timeout(Duration::from_secs(10))
-            .handshake(TokioIo::new(conn.stream))
-            .await
-            .map_err(|err| ConnectError::Pool { dst, err })?;
-        let (peer, peer_not_after) = (conn.peer.clone(), conn.peer_not_after);
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                debug!(%dst, error = %e, "pooled connection ended");
-            }
-        });
-        dialer
-            .metrics
-            .mux_connections
-            .get_or_create(&crate::metrics::DirLabels::of(OUTBOUND))
-            .inc();
-        debug!(%dst, %peer, "pooled connection to a peer proxy opened");
-        static NEXT_ID: AtomicU64 = AtomicU64::new(1);
-        Ok(Dialed::Pooled(PooledConn {
-            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
-            sender,
-            peer,
-            peer_not_after,
-            generation,
-            born: Instant::now(),
-        }))
+    let conn = dialer
+        .connect_tls(dst, dialer.tls.client_mux.clone(), handshake_timeout, probe)
+        .await?;
+    if !conn.mux {
+        return Ok(Dialed::Own(Upstream::Tls(Box::new(conn.stream)), conn.peer));
     }
+    let (sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .initial_stream_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
+        .max_frame_size(MAX_FRAME)
+        .max_send_buf_size(SEND_BUF)
+        .adaptive_window(false)
+        .keep_alive_interval(Duration::from_secs(30))
+        .keep_alive_timeout(Duration::from_secs(10))
+        .handshake(TokioIo::new(conn.stream))
+        .await
+        .map_err(|err| ConnectError::Pool { dst, err })?;
+    let (peer, peer_not_after) = (conn.peer.clone(), conn.peer_not_after);
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            debug!(%dst, error = %e, "pooled connection ended");
+        }
+    });
+    dialer
+        .metrics
+        .mux_connections
+        .get_or_create(&crate::metrics::DirLabels::of(OUTBOUND))
+        .inc();
+    debug!(%dst, %peer, "pooled connection to a peer proxy opened");
+    static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+    Ok(Dialed::Pooled(PooledConn {
+        id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+        sender,
+        peer,
+        peer_not_after,
+        generation,
+        born: Instant::now(),
+    }))
 }
 
 enum StreamError {
