@@ -222,15 +222,7 @@ fn a_service_backend_that_lies_about_where_it_was_reached_gets_no_more_than_its_
     let round = || {
         let replies = mesh.get_each_new(&worker, svc, 15, &["/svc"]).unwrap();
         std::thread::sleep(std::time::Duration::from_millis(100));
-        let mut got = [0usize; 3];
-        for r in replies {
-            let who = ["hello from echo-a", "hello from echo-b", "hello from liar"]
-                .iter()
-                .position(|n| r.body.contains(n))
-                .unwrap_or_else(|| panic!("answered by nobody known: {r:?}"));
-            got[who] += 1;
-        }
-        got
+        shares_of(&replies, &["echo-a", "echo-b", "liar"])
     };
     let started = std::time::Instant::now();
     while round()[2] == 0 && started.elapsed() < std::time::Duration::from_secs(10) {}
@@ -239,9 +231,8 @@ fn a_service_backend_that_lies_about_where_it_was_reached_gets_no_more_than_its_
     while found.elapsed() < std::time::Duration::from_secs(3) {
         round();
     }
-    let got = (0..6).fold([0usize; 3], |sum, _| {
-        let r = round();
-        [sum[0] + r[0], sum[1] + r[1], sum[2] + r[2]]
+    let got = (0..6).fold(vec![0; 3], |sum, _| {
+        sum.iter().zip(round()).map(|(s, n)| s + n).collect()
     });
 
     let log = std::fs::read_to_string(mesh.dir.join("worker/proxy.log")).unwrap();

@@ -168,3 +168,17 @@ pub fn meshlet_with_input(args: &[&str], stdin: &str) -> (String, String, i32) {
         out.status.code().unwrap_or(-1),
     )
 }
+
+/// How many of `replies` each named backend answered; fails on a reply from none of them.
+pub fn shares_of(replies: &[meshlet_lab::mesh::Reply], names: &[&str]) -> Vec<usize> {
+    let mut counts = vec![0; names.len()];
+    for r in replies {
+        assert_eq!(r.status, 200, "{}", r.body);
+        let i = names
+            .iter()
+            .position(|n| r.body.contains(&format!("hello from {n}\n")))
+            .unwrap_or_else(|| panic!("answered by none of {names:?}: {}", r.body));
+        counts[i] += 1;
+    }
+    counts
+}
