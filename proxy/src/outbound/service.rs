@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 use meshlet_identity::SpiffeId;
 use tracing::{debug, info};
 
-use super::pooled_client::{dial_pooled, Dialed, PooledConn};
+use super::pooled_conn::{dial_pooled, Dialed, PooledConn};
 use crate::dial::{ConnectError, Dialer, Upstream};
 
 /// How long a sample takes new streams after its dial: the longest a backend removed from the
