@@ -181,14 +181,16 @@ def iperf_bytes(target, nbytes):
 
 
 class Syscalls:
-    """perf stat on the pair's processes for the duration of a `with` block."""
+    """perf stat on the pair's processes for the duration of a `with` block: the count of all
+    system calls, and with `by_name` also each system call's own count (`self.names`)."""
 
-    def __init__(self, pair):
-        self.pair = pair
+    def __init__(self, pair, by_name=False):
+        self.pair, self.by_name = pair, by_name
 
     def __enter__(self):
         pids = ",".join(str(p) for p in self.pair.pids())
-        self.proc = subprocess.Popen(["perf", "stat", "-x,", "-e", "raw_syscalls:sys_enter", "-p", pids],
+        events = "raw_syscalls:sys_enter" + (",syscalls:sys_enter_*" if self.by_name else "")
+        self.proc = subprocess.Popen(["perf", "stat", "-x,", "-e", events, "-p", pids],
                                      stderr=subprocess.PIPE, text=True)
         time.sleep(0.3)  # perf attaches
         return self
@@ -201,6 +203,7 @@ class Syscalls:
         if not m:
             raise RuntimeError(f"perf stat gave no syscall count: {err.strip()[-500:]}")
         self.count = int(m.group(1))
+        self.names = {n: int(c) for c, n in re.findall(r"^(\d+),,syscalls:sys_enter_(\w+)", err, re.M) if int(c)}
 
 
 def workloads(pair, d, a):
@@ -217,6 +220,20 @@ def per_unit(out, name, total, units):
     if name == "keepalive":
         return (total - out["new_connection"]) / (units - 1)
     return total / units
+
+
+def by_syscall(names, a):
+    """Each system call's count per unit of each workload, the most frequent first (the keep-alive
+    workload's first connection taken off as in `per_unit`)."""
+    out = {}
+    for name, units, _ in workloads(None, None, a):
+        counts = dict(names[name])
+        if name == "keepalive":
+            first = names["new_connection"]
+            units = units - 1
+            counts = {n: c - first.get(n, 0) / a.connections for n, c in counts.items()}
+        out[name] = {n: round(c / units, 3) for n, c in sorted(counts.items(), key=lambda kv: -kv[1]) if c / units >= 0.005}
+    return out
 
 
 def warm_up(pair, d):
@@ -239,11 +256,15 @@ def lifetime(kind, d, a, cg_dir=None, work=None):
         pair = Pair(kind, procs, d, a.meshlet, cg_dir)
         warm_up(pair, d)
         if cg_dir is None:
-            out = {}
+            out, names = {}, {}
             for name, units, run in workloads(pair, d, a):
-                with Syscalls(pair) as s:
+                with Syscalls(pair, a.by_syscall) as s:
                     run()
                 out[name] = per_unit(out, name, s.count, units)
+                if a.by_syscall:
+                    names[name] = s.names
+            if a.by_syscall:
+                out["by_syscall"] = by_syscall(names, a)
             return out
         for name, units, run in workloads(pair, d, a):
             if name == work:
@@ -272,6 +293,7 @@ def main():
     ap.add_argument("--connections", type=int, default=200, help="new connections")
     ap.add_argument("--bytes", type=int, default=32 << 20, help="bulk bytes")
     ap.add_argument("--no-callgrind", action="store_true", help="system calls only (fast)")
+    ap.add_argument("--by-syscall", action="store_true", help="also count each system call by name (printed, and in the JSON)")
     ap.add_argument("--meshlet", help="the meshlet binary (default: the one scripts/release-binary.sh builds)")
     ap.add_argument("--out", default=os.path.join(bench.ROOT, "bench/results/count.json"))
     a = ap.parse_args()
@@ -304,6 +326,9 @@ def main():
     for kind, r in results.items():
         cells = [format(r[k][w], f) if k in r else "-" for k, w, f in cols]
         print(f"| {kind} | " + " | ".join(cells) + " |")
+    for kind, r in results.items():
+        for work, counts in r["syscalls"].get("by_syscall", {}).items():
+            print(f"{kind} {work}: " + ", ".join(f"{n} {c:g}" for n, c in counts.items()))
     print(f"\nboth proxies of the pair; {a.requests} serial keep-alive requests, {a.connections} serial connections, "
           f"{a.bytes} bytes of iperf3; JSON in {a.out}; callgrind files in {d}")
 

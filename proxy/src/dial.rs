@@ -9,8 +9,6 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use hyper::upgrade::Upgraded;
-use hyper_util::rt::TokioIo;
 use meshlet_identity::{IdentityStore, SpiffeId};
 use rustls::ClientConfig;
 use rustls_pki_types::ServerName;
@@ -22,6 +20,7 @@ use tokio_rustls::TlsConnector;
 use crate::metrics::Metrics;
 use crate::metrics::OUTBOUND;
 use crate::outbound::mesh_port::Answered;
+use crate::pooled_stream::PooledStream;
 use crate::read_ahead::ReadAhead;
 use crate::reason::Reason;
 use crate::tls::{self, TlsConfigs, ALPN_MESH, ALPN_MUX};
@@ -57,7 +56,7 @@ pub enum ConnectError {
     #[error("the peer proxy refused a stream to {dst}: {why}")]
     StreamRefused { dst: SocketAddr, why: String },
     #[error("pooled connection to {dst} failed: {err}")]
-    Pool { dst: SocketAddr, err: hyper::Error },
+    Pool { dst: SocketAddr, err: h2::Error },
 }
 
 impl ConnectError {
@@ -268,7 +267,7 @@ pub enum Upstream {
     /// An mTLS connection of its own.
     Tls(Box<TlsStream<ReadAhead<TcpStream>>>),
     /// A stream over a pooled mTLS connection.
-    Stream(TokioIo<Upgraded>),
+    Stream(PooledStream),
 }
 
 impl AsyncRead for Upstream {

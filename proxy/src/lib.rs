@@ -30,6 +30,7 @@ pub mod locate;
 pub mod metrics;
 pub mod orig_dst;
 pub mod outbound;
+pub mod pooled_stream;
 pub mod pooled_wire;
 pub mod read_ahead;
 pub mod reason;

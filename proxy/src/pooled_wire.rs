@@ -6,8 +6,15 @@
 pub const STREAM_WINDOW: u32 = 4 << 20;
 pub const CONNECTION_WINDOW: u32 = 16 << 20;
 pub const MAX_FRAME: u32 = 1 << 20;
-/// Bytes hyper may buffer per stream before asking the writer to wait.
+/// Bytes h2 may buffer per stream before asking the writer to wait.
 pub const SEND_BUF: usize = 4 << 20;
+/// Header bytes a stream may carry (its CONNECT line and our few headers need far less); the
+/// bound keeps a peer from making us hold large header blocks.
+pub const MAX_HEADER_LIST: u32 = 16 << 10;
+/// How often a client pings its pooled connection, and how long it waits for the answer before
+/// it drops the connection.
+pub const PING_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
+pub const PING_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Header a peer sets when it refuses a stream because the pooled connection is stale.
 pub const RETRY_HEADER: &str = "meshlet-retry";

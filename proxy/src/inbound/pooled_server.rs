@@ -4,22 +4,21 @@
 //! which must pass the `destination` rule, and enters the app through `deliver` on its own. A
 //! stream marked as riding a connection dialed through a Service address (`THROUGH_HEADER`)
 //! goes where that connection itself arrived, which is where the node's translation sent it.
+//!
+//! The connection's task reads frames and accepts streams; each stream gets one task of its own,
+//! which judges it, answers its CONNECT and then carries its bytes.
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::pin::pin;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use ::http::{Method, Request, Response, StatusCode};
+use ::http::{HeaderValue, Method, Request, Response, StatusCode};
 use bytes::Bytes;
-use http_body_util::Empty;
-use hyper::body::Incoming;
-use hyper::upgrade::{OnUpgrade, Upgraded};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use h2::server::SendResponse;
+use h2::RecvStream;
 use meshlet_identity::SpiffeId;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::{oneshot, Notify};
+use tokio::sync::Notify;
 use tracing::debug;
 
 use super::context::Inbound;
@@ -28,9 +27,10 @@ use super::destination::{self, NotOnThisPod};
 use crate::locate;
 use crate::metrics::{DirLabels, INBOUND};
 use crate::orig_dst::OriginalDst;
+use crate::pooled_stream::PooledStream;
 use crate::pooled_wire::{
-    CONNECTION_WINDOW, LOCATED_HEADER, MAX_FRAME, NOT_LOCATED_HEADER, REACHED_HEADER, RETRY_HEADER,
-    SEND_BUF, STREAM_WINDOW, THROUGH_HEADER,
+    CONNECTION_WINDOW, LOCATED_HEADER, MAX_FRAME, MAX_HEADER_LIST, NOT_LOCATED_HEADER,
+    REACHED_HEADER, RETRY_HEADER, SEND_BUF, STREAM_WINDOW, THROUGH_HEADER,
 };
 use crate::reason::Reason;
 use crate::refusal::{Refusal, Refused};
@@ -51,6 +51,7 @@ struct ConnCtx {
     /// When the caller's certificate chain expires: no stream is accepted after that, since a
     /// fresh handshake with it would be refused.
     caller_not_after: SystemTime,
+    /// Told by a stream that found the connection stale: drain it.
     stale: Notify,
 }
 
@@ -71,6 +72,21 @@ pub async fn serve<S>(
         .mux_connections
         .get_or_create(&DirLabels::of(INBOUND))
         .inc();
+    let handshake = h2::server::Builder::new()
+        .initial_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
+        .max_frame_size(MAX_FRAME)
+        .max_send_buffer_size(SEND_BUF)
+        .max_header_list_size(MAX_HEADER_LIST)
+        .max_concurrent_streams(MAX_STREAMS)
+        .handshake::<_, Bytes>(tls);
+    let mut conn = match handshake.await {
+        Ok(conn) => conn,
+        Err(e) => {
+            debug!(%peer, error = %e, "pooled connection failed before its first stream");
+            return;
+        }
+    };
     let ctx = Arc::new(ConnCtx {
         generation: inbound.store.generation(),
         caller_not_after,
@@ -81,92 +97,103 @@ pub async fn serve<S>(
         dst_mode,
         stale: Notify::new(),
     });
-    let service_ctx = ctx.clone();
-    let service = hyper::service::service_fn(move |req| {
-        let ctx = service_ctx.clone();
-        async move { Ok::<_, Infallible>(stream(&ctx, req).await) }
-    });
-    let mut conn = pin!(
-        hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .initial_stream_window_size(STREAM_WINDOW)
-            .initial_connection_window_size(CONNECTION_WINDOW)
-            .max_frame_size(MAX_FRAME)
-            .max_send_buf_size(SEND_BUF)
-            .adaptive_window(false)
-            .max_concurrent_streams(MAX_STREAMS)
-            .serve_connection(TokioIo::new(tls), service)
-    );
     let mut draining = false;
     let caller_expires = tokio::time::sleep(
         caller_not_after
             .duration_since(SystemTime::now())
             .unwrap_or_default(),
     );
-    let mut caller_expires = pin!(caller_expires);
+    let mut caller_expires = std::pin::pin!(caller_expires);
     loop {
         tokio::select! {
             _ = caller_expires.as_mut(), if !draining => {
                 debug!(%peer, caller = %ctx.caller, "caller's certificate expired; draining its pooled connection");
                 draining = true;
-                conn.as_mut().graceful_shutdown();
+                conn.graceful_shutdown();
             }
-            result = conn.as_mut() => {
-                if let Err(e) = result {
-                    debug!(%peer, error = %e, "pooled connection ended with an error");
+            accepted = conn.accept() => match accepted {
+                Some(Ok((req, respond))) => {
+                    let ctx = ctx.clone();
+                    tokio::spawn(async move { stream(&ctx, req, respond).await });
                 }
-                return;
-            }
+                Some(Err(e)) => {
+                    debug!(%peer, error = %e, "pooled connection ended with an error");
+                    return;
+                }
+                // Closed, and every stream done.
+                None => return,
+            },
             _ = ctx.stale.notified(), if !draining => {
                 draining = true;
-                conn.as_mut().graceful_shutdown();
+                conn.graceful_shutdown();
             }
             _ = ctx.inbound.lifecycle.shutting_down(), if !draining => {
                 // GOAWAY: the peer opens no new streams here; the open ones finish.
                 draining = true;
-                conn.as_mut().graceful_shutdown();
+                conn.graceful_shutdown();
             }
         }
     }
 }
 
-fn reply(status: StatusCode) -> Response<Empty<Bytes>> {
-    let mut resp = Response::new(Empty::new());
+/// Answers a stream that goes no further: its status (and headers), and the end of it.
+fn reply(
+    mut respond: SendResponse<Bytes>,
+    status: StatusCode,
+    header: Option<(&'static str, HeaderValue)>,
+) {
+    let mut resp = Response::new(());
     *resp.status_mut() = status;
-    resp
+    if let Some((name, value)) = header {
+        resp.headers_mut().insert(name, value);
+    }
+    // The peer may have reset the stream already; then there is nobody to tell.
+    let _ = respond.send_response(resp, true);
 }
 
-fn refuse(ctx: &ConnCtx, refusal: Refusal, status: StatusCode) -> Response<Empty<Bytes>> {
+fn refuse(
+    ctx: &ConnCtx,
+    respond: SendResponse<Bytes>,
+    refusal: Refusal,
+    status: StatusCode,
+    header: Option<(&'static str, HeaderValue)>,
+) {
     refusal
         .by(&ctx.caller)
         .record(&ctx.inbound.metrics, INBOUND, Refused::Stream, ctx.peer);
-    reply(status)
+    reply(respond, status, header);
 }
 
 /// How a stream's caller learns the verdict: the status of its CONNECT, then (admitted) the
-/// upgraded stream.
+/// stream's bytes both ways.
 struct StreamAnswer {
-    verdict: oneshot::Sender<StatusCode>,
-    upgrade: OnUpgrade,
+    respond: SendResponse<Bytes>,
+    recv: RecvStream,
+    /// For a through stream, the backend address told to the client with the 200.
+    reached: Option<HeaderValue>,
     inbound: Arc<Inbound>,
 }
 
 impl Answer for StreamAnswer {
-    type Stream = TokioIo<Upgraded>;
+    type Stream = PooledStream;
     const TAKES_PERMIT: bool = true;
 
     fn unread(&self) -> &[u8] {
         &[]
     }
 
-    async fn admitted(self) -> Option<Self::Stream> {
+    async fn admitted(mut self) -> Option<Self::Stream> {
         self.inbound
             .metrics
             .mux_streams
             .get_or_create(&DirLabels::of(INBOUND))
             .inc();
-        self.verdict.send(StatusCode::OK).ok()?;
-        self.upgrade.await.ok().map(TokioIo::new)
+        let mut resp = Response::new(());
+        if let Some(reached) = self.reached {
+            resp.headers_mut().insert(REACHED_HEADER, reached);
+        }
+        let send = self.respond.send_response(resp, false).ok()?;
+        Some(PooledStream::new(send, self.recv))
     }
 
     fn refused(self, refusal: &Refusal) {
@@ -174,41 +201,32 @@ impl Answer for StreamAnswer {
             Reason::Overloaded | Reason::AppUnreachable => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::FORBIDDEN,
         };
-        let _ = self.verdict.send(status);
+        reply(self.respond, status, None);
     }
 }
 
-async fn stream(ctx: &ConnCtx, mut req: Request<Incoming>) -> Response<Empty<Bytes>> {
+/// One stream, in a task of its own: judged, answered, and (admitted) carried into the app.
+async fn stream(ctx: &ConnCtx, req: Request<RecvStream>, respond: SendResponse<Bytes>) {
     let inbound = &ctx.inbound;
     if inbound.store.generation() != ctx.generation || SystemTime::now() >= ctx.caller_not_after {
         // Authenticated with an identity or bundle we no longer hold, or with a caller
         // certificate that has since expired: drain, and let the peer redial (its fresh
         // handshake is judged by today's rules).
         ctx.stale.notify_one();
-        let mut resp = reply(StatusCode::SERVICE_UNAVAILABLE);
-        resp.headers_mut().insert(
-            RETRY_HEADER,
-            ::http::HeaderValue::from_static("stale-connection"),
-        );
-        return resp;
+        let retry = (RETRY_HEADER, HeaderValue::from_static("stale-connection"));
+        return reply(respond, StatusCode::SERVICE_UNAVAILABLE, Some(retry));
     }
     if req.method() != Method::CONNECT {
-        return refuse(
-            ctx,
-            Refusal::new(Reason::BadStream, "not a CONNECT request"),
-            StatusCode::METHOD_NOT_ALLOWED,
-        );
+        let refusal = Refusal::new(Reason::BadStream, "not a CONNECT request");
+        return refuse(ctx, respond, refusal, StatusCode::METHOD_NOT_ALLOWED, None);
     }
     let Some(named) = req
         .uri()
         .authority()
         .and_then(|a| a.as_str().parse::<SocketAddr>().ok())
     else {
-        return refuse(
-            ctx,
-            Refusal::new(Reason::BadStream, "CONNECT without an ip:port authority"),
-            StatusCode::BAD_REQUEST,
-        );
+        let refusal = Refusal::new(Reason::BadStream, "CONNECT without an ip:port authority");
+        return refuse(ctx, respond, refusal, StatusCode::BAD_REQUEST, None);
     };
     let captured = matches!(ctx.dst_mode, OriginalDst::Kernel);
     let through = req.headers().contains_key(THROUGH_HEADER);
@@ -216,18 +234,19 @@ async fn stream(ctx: &ConnCtx, mut req: Request<Incoming>) -> Response<Empty<Byt
         // A located stream goes only where this proxy's own locate answer said, to this
         // caller: a token from elsewhere (a lying answer, a relayed request) is refused.
         if !locate::claim_header(&inbound.located, token, ctx.peer.ip(), named) {
-            let mut resp = refuse(
+            let refusal = Refusal::new(
+                Reason::NotLocated,
+                "stream names a locate this proxy did not answer for this caller and address",
+            )
+            .at(named);
+            let not_located = (NOT_LOCATED_HEADER, HeaderValue::from_static("1"));
+            return refuse(
                 ctx,
-                Refusal::new(
-                    Reason::NotLocated,
-                    "stream names a locate this proxy did not answer for this caller and address",
-                )
-                .at(named),
+                respond,
+                refusal,
                 StatusCode::FORBIDDEN,
+                Some(not_located),
             );
-            resp.headers_mut()
-                .insert(NOT_LOCATED_HEADER, ::http::HeaderValue::from_static("1"));
-            return resp;
         }
     }
     // A through stream names the Service address its client dialed; it is delivered where the
@@ -240,31 +259,30 @@ async fn stream(ctx: &ConnCtx, mut req: Request<Incoming>) -> Response<Empty<Byt
             // Most likely a virtual destination (a Service address the node translated):
             // say where this connection really arrived, so the peer can name it.
             debug!(peer = %ctx.peer, %named, reached = %ctx.outer_dst, "stream names another address; telling the peer where it arrived");
-            let mut resp = reply(StatusCode::MISDIRECTED_REQUEST);
-            if let Ok(v) = ::http::HeaderValue::from_str(&ctx.outer_dst.to_string()) {
-                resp.headers_mut().insert(REACHED_HEADER, v);
-            }
-            return resp;
+            let reached = HeaderValue::from_str(&ctx.outer_dst.to_string())
+                .ok()
+                .map(|v| (REACHED_HEADER, v));
+            return reply(respond, StatusCode::MISDIRECTED_REQUEST, reached);
         }
-        Err(e) => return refuse(ctx, e.into(), StatusCode::FORBIDDEN),
+        Err(e) => return refuse(ctx, respond, e.into(), StatusCode::FORBIDDEN, None),
     };
-    let (verdict, heard) = oneshot::channel();
     let answer = StreamAnswer {
-        verdict,
-        upgrade: hyper::upgrade::on(&mut req),
+        respond,
+        recv: req.into_body(),
+        reached: through
+            .then(|| HeaderValue::from_str(&dst.addr().to_string()).ok())
+            .flatten(),
         inbound: inbound.clone(),
     };
-    let (inbound, caller, peer) = (inbound.clone(), ctx.caller.clone(), ctx.peer);
-    tokio::spawn(async move {
-        if let Err(refusal) = deliver(&inbound, Caller::Mesh(caller), peer, dst, answer).await {
-            refusal.record(&inbound.metrics, INBOUND, Refused::Stream, peer);
-        }
-    });
-    let mut resp = reply(heard.await.unwrap_or(StatusCode::SERVICE_UNAVAILABLE));
-    if through {
-        if let Ok(v) = ::http::HeaderValue::from_str(&dst.addr().to_string()) {
-            resp.headers_mut().insert(REACHED_HEADER, v);
-        }
+    if let Err(refusal) = deliver(
+        inbound,
+        Caller::Mesh(ctx.caller.clone()),
+        ctx.peer,
+        dst,
+        answer,
+    )
+    .await
+    {
+        refusal.record(&inbound.metrics, INBOUND, Refused::Stream, ctx.peer);
     }
-    resp
 }

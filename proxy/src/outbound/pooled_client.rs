@@ -25,10 +25,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
+use h2::client::SendRequest;
 use http::{Method, Request, StatusCode};
-use http_body_util::Empty;
-use hyper::client::conn::http2::SendRequest;
-use hyper_util::rt::TokioIo;
 use meshlet_identity::SpiffeId;
 use tracing::{debug, info};
 
@@ -39,6 +37,7 @@ use crate::dial::{check_pins, ConnectError, Dialer, Upstream};
 use crate::expiring::ExpiringMap;
 use crate::locate;
 use crate::metrics::OUTBOUND;
+use crate::pooled_stream::PooledStream;
 use crate::pooled_wire::{
     LOCATED_HEADER, NOT_LOCATED_HEADER, REACHED_HEADER, RETRY_HEADER, THROUGH_HEADER,
 };
@@ -110,7 +109,7 @@ impl Pool {
         if slots.len() >= MAX_PEERS && !slots.contains_key(&ip) {
             // Forget peers whose pooled connection is gone (a slot being filled is kept).
             slots.retain(|_, slot| match slot.try_lock() {
-                Ok(conn) => conn.as_ref().is_some_and(|c| !c.sender.is_closed()),
+                Ok(conn) => conn.as_ref().is_some_and(|c| !c.is_closed()),
                 Err(_) => true,
             });
         }
@@ -259,7 +258,7 @@ impl Pool {
                         why: format!("the peer at {addr} says the stream is not for it"),
                     });
                 }
-                StreamError::Stale | StreamError::Hyper(_) | StreamError::TimedOut if !retried => {
+                StreamError::Stale | StreamError::H2(_) | StreamError::TimedOut if !retried => {
                     // Stale on the peer's side, closed under us (GOAWAY, reset), or silent: one
                     // fresh connection is worth a try.
                     debug!(%dst, %addr, "pooled connection unusable; reconnecting");
@@ -280,7 +279,7 @@ impl Pool {
                     })
                 }
                 StreamError::Refused(why) => return Err(ConnectError::StreamRefused { dst, why }),
-                StreamError::Hyper(err) => {
+                StreamError::H2(err) => {
                     self.forget(addr.ip(), conn.id).await;
                     return Err(ConnectError::Pool { dst, err });
                 }
@@ -339,7 +338,7 @@ impl Pool {
                     self.remember_virtual(dst, Virtual::Locate);
                     return Box::pin(self.open(dst, pins, handshake_timeout, probe)).await;
                 }
-                StreamError::Stale | StreamError::Hyper(_) | StreamError::TimedOut
+                StreamError::Stale | StreamError::H2(_) | StreamError::TimedOut
                     if tries < SPREAD_TRIES =>
                 {
                     debug!(%dst, "pooled connection through a Service unusable; taking another");
@@ -357,7 +356,7 @@ impl Pool {
                     })
                 }
                 StreamError::Refused(why) => return Err(ConnectError::StreamRefused { dst, why }),
-                StreamError::Hyper(err) => return Err(ConnectError::Pool { dst, err }),
+                StreamError::H2(err) => return Err(ConnectError::Pool { dst, err }),
             }
         }
     }
@@ -371,7 +370,7 @@ impl Pool {
         dst: SocketAddr,
         name: Name,
         handshake_timeout: Duration,
-    ) -> Result<(TokioIo<hyper::upgrade::Upgraded>, Option<SocketAddr>), StreamError> {
+    ) -> Result<(PooledStream, Option<SocketAddr>), StreamError> {
         let opened =
             tokio::time::timeout(handshake_timeout, stream(conn.sender.clone(), dst, name))
                 .await
@@ -461,7 +460,7 @@ enum StreamError {
     /// The peer holds no locate token of ours for the named address.
     NotLocated,
     Refused(String),
-    Hyper(hyper::Error),
+    H2(h2::Error),
     TimedOut,
 }
 
@@ -477,11 +476,12 @@ enum Name {
 /// Opens one CONNECT stream naming the app connection's destination; for a through stream,
 /// also the backend the peer says the connection reached.
 async fn stream(
-    mut sender: SendRequest<Empty<Bytes>>,
+    sender: SendRequest<Bytes>,
     dst: SocketAddr,
     name: Name,
-) -> Result<(TokioIo<hyper::upgrade::Upgraded>, Option<SocketAddr>), StreamError> {
-    sender.ready().await.map_err(StreamError::Hyper)?;
+) -> Result<(PooledStream, Option<SocketAddr>), StreamError> {
+    // Waits while the peer's limit of concurrent streams is reached.
+    let mut sender = sender.ready().await.map_err(StreamError::H2)?;
     let mut req = Request::builder()
         .method(Method::CONNECT)
         .uri(dst.to_string());
@@ -491,9 +491,10 @@ async fn stream(
         Name::Through => req = req.header(THROUGH_HEADER, "1"),
     }
     let req = req
-        .body(Empty::<Bytes>::new())
+        .body(())
         .map_err(|e| StreamError::Refused(e.to_string()))?;
-    let mut resp = sender.send_request(req).await.map_err(StreamError::Hyper)?;
+    let (response, send) = sender.send_request(req, false).map_err(StreamError::H2)?;
+    let resp = response.await.map_err(StreamError::H2)?;
     match resp.status() {
         StatusCode::OK => {}
         StatusCode::SERVICE_UNAVAILABLE if resp.headers().contains_key(RETRY_HEADER) => {
@@ -516,9 +517,5 @@ async fn stream(
         .headers()
         .get(REACHED_HEADER)
         .and_then(|v| v.to_str().ok()?.parse().ok());
-    let io = hyper::upgrade::on(&mut resp)
-        .await
-        .map(TokioIo::new)
-        .map_err(StreamError::Hyper)?;
-    Ok((io, reached))
+    Ok((PooledStream::new(send, resp.into_body()), reached))
 }

@@ -3,26 +3,30 @@
 //! dialed to; a Service's samples (`service`) are such connections dialed to the Service.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http_body_util::Empty;
-use hyper::client::conn::http2::SendRequest;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use h2::client::SendRequest;
 use meshlet_identity::SpiffeId;
 use tracing::debug;
 
 use super::mesh_port::Answered;
 use crate::dial::{ConnectError, Dialer, Upstream};
 use crate::metrics::OUTBOUND;
-use crate::pooled_wire::{CONNECTION_WINDOW, MAX_FRAME, SEND_BUF, STREAM_WINDOW};
+use crate::pooled_wire::{
+    CONNECTION_WINDOW, MAX_FRAME, MAX_HEADER_LIST, PING_EVERY, PING_TIMEOUT, SEND_BUF,
+    STREAM_WINDOW,
+};
 
 #[derive(Clone)]
 pub struct PooledConn {
     /// Tells this connection from a later one in the same slot.
     pub id: u64,
-    pub(super) sender: SendRequest<Empty<Bytes>>,
+    pub(super) sender: SendRequest<Bytes>,
+    /// Set when the connection's task ends (closed by either side, or its pings unanswered).
+    closed: Arc<AtomicBool>,
     pub peer: SpiffeId,
     /// When the peer's certificate expires: the connection is not used past that.
     peer_not_after: std::time::SystemTime,
@@ -32,8 +36,13 @@ pub struct PooledConn {
 }
 
 impl PooledConn {
+    /// The connection ended (closed by either side, or its pings went unanswered).
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Relaxed)
+    }
+
     pub fn usable(&self, generation: u64) -> bool {
-        !self.sender.is_closed()
+        !self.is_closed()
             && self.generation == generation
             && std::time::SystemTime::now() < self.peer_not_after
     }
@@ -59,23 +68,28 @@ pub async fn dial_pooled(
     if !conn.mux {
         return Ok(Dialed::Own(Upstream::Tls(Box::new(conn.stream)), conn.peer));
     }
-    let (sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
-        .timer(TokioTimer::new())
-        .initial_stream_window_size(STREAM_WINDOW)
+    let (sender, mut connection) = h2::client::Builder::new()
+        .initial_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONNECTION_WINDOW)
         .max_frame_size(MAX_FRAME)
-        .max_send_buf_size(SEND_BUF)
-        .adaptive_window(false)
-        .keep_alive_interval(Duration::from_secs(30))
-        .keep_alive_timeout(Duration::from_secs(10))
-        .handshake(TokioIo::new(conn.stream))
+        .max_send_buffer_size(SEND_BUF)
+        .max_header_list_size(MAX_HEADER_LIST)
+        .enable_push(false)
+        .handshake::<_, Bytes>(conn.stream)
         .await
         .map_err(|err| ConnectError::Pool { dst, err })?;
     let (peer, peer_not_after) = (conn.peer.clone(), conn.peer_not_after);
+    let closed = Arc::new(AtomicBool::new(false));
+    let ping_pong = connection.ping_pong();
+    let ended = closed.clone();
     tokio::spawn(async move {
-        if let Err(e) = connection.await {
-            debug!(%dst, error = %e, "pooled connection ended");
+        tokio::select! {
+            result = &mut connection => if let Err(e) = result {
+                debug!(%dst, error = %e, "pooled connection ended");
+            },
+            why = keep_alive(ping_pong) => debug!(%dst, why, "pooled connection dropped"),
         }
+        ended.store(true, Ordering::Relaxed);
     });
     dialer
         .metrics
@@ -87,9 +101,28 @@ pub async fn dial_pooled(
     Ok(Dialed::Pooled(PooledConn {
         id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
         sender,
+        closed,
         peer,
         peer_not_after,
         generation,
         born: Instant::now(),
     }))
+}
+
+/// Pings the peer every [`PING_EVERY`]; returns (and so drops the connection, failing its
+/// streams) when a ping goes unanswered for [`PING_TIMEOUT`]: a peer that vanished without
+/// closing (a node lost, a cable cut) is found out instead of holding streams forever.
+async fn keep_alive(ping_pong: Option<h2::PingPong>) -> &'static str {
+    let Some(mut ping_pong) = ping_pong else {
+        return std::future::pending().await;
+    };
+    loop {
+        tokio::time::sleep(PING_EVERY).await;
+        match tokio::time::timeout(PING_TIMEOUT, ping_pong.ping(h2::Ping::opaque())).await {
+            Ok(Ok(_pong)) => {}
+            // The connection failed: its own future says why.
+            Ok(Err(_)) => return std::future::pending().await,
+            Err(_) => return "the peer did not answer a ping",
+        }
+    }
 }
