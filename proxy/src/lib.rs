@@ -37,6 +37,7 @@ pub mod reason;
 pub mod refusal;
 pub mod rewind;
 pub mod tls;
+pub mod wake_floor;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -152,6 +153,7 @@ pub async fn start(
     });
 
     listener::raise_fd_limit();
+    tokio::spawn(wake_floor::keep());
     let mut tasks = Vec::new();
     let mut inbound_addrs = Vec::new();
     let mut outbound_addrs = Vec::new();
