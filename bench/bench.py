@@ -14,6 +14,8 @@ worker) on :8080 and iperf3 on :5201. Every proxy runs with one worker thread.
   relay     the haproxy pair without TLS: the floor any pair of user-space relays pays here
   meshlet-plain  meshlet's capture and relaying with TLS off (outbound mtls off, inbound
             permissive): the floor of the sidecar architecture itself
+  meshlet-previous  "meshlet" with another build (`--previous BIN`, e.g. the last release built
+            from git), interleaved with this one: a no-regression check within one run
 
 Metrics: keep-alive requests/s and p50/p99 (wrk, 50 connections), new connections/s
 (wrk with `Connection: close`), p50/p99 at a fixed 2,000 requests/s (oha, when installed:
@@ -347,6 +349,8 @@ def meshlet_conf(d, who, transport):
 # ztunnel, when bench.py is given its binary (--ztunnel or MESHLET_BENCH_ZTUNNEL): built from
 # its own source beside the project (see bench/README.md), never fetched or built by this script.
 ZTUNNEL = None
+# The build "meshlet-previous" runs (--previous).
+PREVIOUS = None
 # The packet mark ztunnel sets on its own connections; the client pod's redirect spares them.
 ZTUNNEL_MARK = 1337
 
@@ -406,11 +410,12 @@ def start_pair(kind, procs, d, meshlet, topo):
         # each; "meshlet-plain": the same capture and relaying without TLS (a floor, not a mode
         # anyone should run).
         transport = {"meshlet-per-connection": "per_connection", "meshlet-plain": "plain"}.get(kind, "pooled")
+        binary = PREVIOUS if kind == "meshlet-previous" else meshlet
         names = []
         for name, netns, who in [("meshlet-client", CLIENT, "client")] + [(n, netns, "server") for n, netns, _ in servers]:
             ns(netns, meshlet, "init")
             procs.start(name, ["setpriv", "--reuid=1337", "--regid=1337", "--clear-groups",
-                               meshlet, "proxy", "--config", meshlet_conf(d, who, transport)], netns=netns)
+                               binary, "proxy", "--config", meshlet_conf(d, who, transport)], netns=netns)
             names.append(name)
         for name, netns in zip(names, [CLIENT] + [netns for _, netns, _ in servers]):
             wait_ready(procs, name, netns)
@@ -631,6 +636,7 @@ def main():
     ap.add_argument("--meshlet", help="the meshlet binary (default: the one scripts/release-binary.sh builds)")
     ap.add_argument("--ztunnel", default=os.environ.get("MESHLET_BENCH_ZTUNNEL"),
                     help="a ztunnel binary (built with --features testing) to measure beside the others; without it ztunnel is skipped")
+    ap.add_argument("--previous", help="another meshlet binary, run as the scenario meshlet-previous beside this one")
     ap.add_argument("--out", default=os.path.join(ROOT, "bench/results/latest.json"))
     a = ap.parse_args()
     if a.smoke:
@@ -645,8 +651,11 @@ def main():
     if missing:
         sys.exit(f"missing tools: {' '.join(missing)} (apt-get install -y iproute2 wrk iperf3 nginx-light libnginx-mod-stream haproxy stunnel4 util-linux)")
     a.meshlet = a.meshlet or release_binary()
-    global ZTUNNEL
-    kinds = [k for k in a.only.split(",") if k != "ztunnel"]
+    global ZTUNNEL, PREVIOUS
+    kinds = [k for k in a.only.split(",") if k not in ("ztunnel", "meshlet-previous")]
+    if a.previous:
+        PREVIOUS = os.path.abspath(a.previous)
+        kinds.insert(kinds.index("meshlet") if "meshlet" in kinds else len(kinds), "meshlet-previous")
     if a.ztunnel:
         ZTUNNEL = os.path.abspath(a.ztunnel)
         kinds.append("ztunnel")

@@ -1,7 +1,10 @@
 #!/usr/bin/env python3
 """Counts, rather than times, what a proxy pair spends per request, per new connection and per
 byte: user-space instructions (valgrind's callgrind) and system calls (perf's
-raw_syscalls:sys_enter tracepoint), for meshlet and for the TLS tunnel peers of bench.py.
+raw_syscalls:sys_enter tracepoint), for meshlet and for the TLS tunnel peers of bench.py, and
+for ztunnel when given its binary (`--ztunnel PATH`, as bench.py; system calls only: it is not
+run under valgrind). `--by-syscall` also counts each system call by name, so that two proxies'
+counts can be compared call by call.
 
 Wall-clock measurements on a shared 2-vCPU VM move by 10 % from run to run; these counts do not.
 The load is serial (one request at a time, one connection at a time), so every count is the same
@@ -105,6 +108,14 @@ class Pair:
             wrap = ["valgrind", "--tool=callgrind", "--trace-children=yes", "--dump-instr=no", "--vgdb=no",
                     f"--callgrind-out-file={self.cg_dir}/%p.out"]
         self.names = []
+        if kind == "ztunnel":
+            # As bench.py runs it (its own redirect rules, HBONE on 15008); natively only.
+            if cg_dir:
+                raise RuntimeError("ztunnel is counted for system calls only")
+            target, _, _, self.names = bench.start_pair("ztunnel", procs, d, meshlet, bench.Topo(False))
+            host, port = target.rsplit(":", 1)
+            self.http, self.iperf = (host, int(port)), (host, 5201)
+            return
         if kind.startswith("meshlet"):
             transport = "per_connection" if kind == "meshlet-per-connection" else "pooled"
             for name, netns, who in (("meshlet-client", CLIENT, "client"), ("meshlet-server", SERVER, "server")):
@@ -295,6 +306,8 @@ def main():
     ap.add_argument("--no-callgrind", action="store_true", help="system calls only (fast)")
     ap.add_argument("--by-syscall", action="store_true", help="also count each system call by name (printed, and in the JSON)")
     ap.add_argument("--meshlet", help="the meshlet binary (default: the one scripts/release-binary.sh builds)")
+    ap.add_argument("--ztunnel", default=os.environ.get("MESHLET_BENCH_ZTUNNEL"),
+                    help="ztunnel's binary, built beside the project (bench/README.md): adds its system calls")
     ap.add_argument("--out", default=os.path.join(bench.ROOT, "bench/results/count.json"))
     a = ap.parse_args()
     if os.geteuid() != 0:
@@ -304,14 +317,21 @@ def main():
     if missing:
         sys.exit(f"missing tools: {' '.join(missing)} (apt-get install -y linux-perf valgrind iperf3 nginx-light libnginx-mod-stream haproxy)")
     a.meshlet = a.meshlet or bench.release_binary()
+    kinds = a.only.split(",")
+    if a.ztunnel:
+        bench.ZTUNNEL = os.path.abspath(a.ztunnel)
+        kinds += [] if "ztunnel" in kinds else ["ztunnel"]
+    elif "ztunnel" in kinds:
+        sys.exit("ztunnel needs its binary: --ztunnel PATH (or MESHLET_BENCH_ZTUNNEL)")
     d = tempfile.mkdtemp(prefix="meshlet-count-")
     os.chmod(d, 0o755)
     bench.certificates(a.meshlet, d)
     results = {}
-    for kind in a.only.split(","):
+    for kind in kinds:
         print(f"== {kind}: system calls", file=sys.stderr, flush=True)
         results[kind] = {"syscalls": lifetime(kind, d, a)}
-        if not a.no_callgrind:
+        # ztunnel under valgrind is not counted: its instructions are left out, not guessed.
+        if not a.no_callgrind and kind != "ztunnel":
             print(f"== {kind}: instructions (callgrind)", file=sys.stderr, flush=True)
             results[kind]["instructions"] = instructions(kind, d, a)
     report = {"when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
