@@ -126,3 +126,75 @@ async fn keep_alive(ping_pong: Option<h2::PingPong>) -> &'static str {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A client connection over an in-memory pipe to an h2 server that completed its handshake;
+    /// the server's connection is polled (it answers pings) only when `answers` is set.
+    async fn client_to_server(
+        answers: bool,
+    ) -> (
+        h2::client::Connection<tokio::io::DuplexStream>,
+        impl Drop,
+        SendRequest<Bytes>,
+    ) {
+        let (ours, theirs) = tokio::io::duplex(1 << 16);
+        let server = tokio::spawn(async move {
+            let mut conn = h2::server::handshake(theirs)
+                .await
+                .expect("server handshake");
+            if answers {
+                while conn.accept().await.is_some() {}
+            } else {
+                // Holds the connection open and never reads from it again: a peer that
+                // vanished without closing.
+                std::future::pending::<()>().await;
+            }
+        });
+        let (send, conn) = h2::client::handshake(ours).await.expect("client handshake");
+        struct Abort(tokio::task::JoinHandle<()>);
+        impl Drop for Abort {
+            fn drop(&mut self) {
+                self.0.abort();
+            }
+        }
+        // The sender is kept: with none left, the client closes the connection itself.
+        (conn, Abort(server), send)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_peer_that_stops_answering_pings_is_dropped_after_the_interval_and_the_timeout() {
+        let (mut conn, _server, _sender) = client_to_server(false).await;
+        let ping_pong = conn.ping_pong();
+        let driven = tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        let started = tokio::time::Instant::now();
+        let why = tokio::time::timeout(PING_EVERY * 4, keep_alive(ping_pong))
+            .await
+            .expect("the connection to a silent peer is still kept");
+        assert_eq!(why, "the peer did not answer a ping");
+        let took = started.elapsed();
+        assert!(took >= PING_EVERY + PING_TIMEOUT, "dropped after {took:?}");
+        assert!(
+            took < PING_EVERY + PING_TIMEOUT + Duration::from_secs(1),
+            "dropped after {took:?}"
+        );
+        driven.abort();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_peer_that_answers_pings_keeps_its_connection() {
+        let (mut conn, _server, _sender) = client_to_server(true).await;
+        let ping_pong = conn.ping_pong();
+        let driven = tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        let ten_pings = PING_EVERY * 10;
+        let kept = tokio::time::timeout(ten_pings, keep_alive(ping_pong)).await;
+        assert!(kept.is_err(), "dropped: {kept:?}");
+        driven.abort();
+    }
+}
