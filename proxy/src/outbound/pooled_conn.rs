@@ -131,15 +131,20 @@ async fn keep_alive(ping_pong: Option<h2::PingPong>) -> &'static str {
 mod tests {
     use super::*;
 
-    /// A client connection over an in-memory pipe to an h2 server that completed its handshake;
-    /// the server's connection is polled (it answers pings) only when `answers` is set.
-    async fn client_to_server(
-        answers: bool,
-    ) -> (
-        h2::client::Connection<tokio::io::DuplexStream>,
-        impl Drop,
-        SendRequest<Bytes>,
-    ) {
+    /// Aborts its tasks when the test ends.
+    struct Tasks(Vec<tokio::task::JoinHandle<()>>);
+
+    impl Drop for Tasks {
+        fn drop(&mut self) {
+            self.0.iter().for_each(|t| t.abort());
+        }
+    }
+
+    /// The pings of a client connection (driven by a task of its own) over an in-memory pipe to
+    /// an h2 server that completed its handshake and, only when `answers` is set, goes on
+    /// reading (and so answers pings). The sender comes along: with none left, the client
+    /// closes the connection itself.
+    async fn pings_to_a_server(answers: bool) -> (h2::PingPong, SendRequest<Bytes>, Tasks) {
         let (ours, theirs) = tokio::io::duplex(1 << 16);
         let server = tokio::spawn(async move {
             let mut conn = h2::server::handshake(theirs)
@@ -153,26 +158,19 @@ mod tests {
                 std::future::pending::<()>().await;
             }
         });
-        let (send, conn) = h2::client::handshake(ours).await.expect("client handshake");
-        struct Abort(tokio::task::JoinHandle<()>);
-        impl Drop for Abort {
-            fn drop(&mut self) {
-                self.0.abort();
-            }
-        }
-        // The sender is kept: with none left, the client closes the connection itself.
-        (conn, Abort(server), send)
+        let (sender, mut conn) = h2::client::handshake(ours).await.expect("client handshake");
+        let ping_pong = conn.ping_pong().expect("the pings of a new connection");
+        let client = tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        (ping_pong, sender, Tasks(vec![server, client]))
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_peer_that_stops_answering_pings_is_dropped_after_the_interval_and_the_timeout() {
-        let (mut conn, _server, _sender) = client_to_server(false).await;
-        let ping_pong = conn.ping_pong();
-        let driven = tokio::spawn(async move {
-            let _ = conn.await;
-        });
+        let (ping_pong, _sender, _tasks) = pings_to_a_server(false).await;
         let started = tokio::time::Instant::now();
-        let why = tokio::time::timeout(PING_EVERY * 4, keep_alive(ping_pong))
+        let why = tokio::time::timeout(PING_EVERY * 4, keep_alive(Some(ping_pong)))
             .await
             .expect("the connection to a silent peer is still kept");
         assert_eq!(why, "the peer did not answer a ping");
@@ -182,19 +180,12 @@ mod tests {
             took < PING_EVERY + PING_TIMEOUT + Duration::from_secs(1),
             "dropped after {took:?}"
         );
-        driven.abort();
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_peer_that_answers_pings_keeps_its_connection() {
-        let (mut conn, _server, _sender) = client_to_server(true).await;
-        let ping_pong = conn.ping_pong();
-        let driven = tokio::spawn(async move {
-            let _ = conn.await;
-        });
-        let ten_pings = PING_EVERY * 10;
-        let kept = tokio::time::timeout(ten_pings, keep_alive(ping_pong)).await;
+        let (ping_pong, _sender, _tasks) = pings_to_a_server(true).await;
+        let kept = tokio::time::timeout(PING_EVERY * 10, keep_alive(Some(ping_pong))).await;
         assert!(kept.is_err(), "dropped: {kept:?}");
-        driven.abort();
     }
 }
