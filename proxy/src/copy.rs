@@ -167,7 +167,24 @@ where
     A: AsyncRead + AsyncWrite + Unpin + ?Sized,
     B: AsyncRead + AsyncWrite + Unpin + ?Sized,
 {
-    let (result, sent, received) = copy_both(a, b).await;
+    bidirectional_after(direction, metrics, 0, a, b).await
+}
+
+/// [`bidirectional`] for a connection whose first `sent` bytes from `a` to `b` were carried
+/// before the copy began (an app's first bytes sent with a pooled stream's CONNECT).
+pub async fn bidirectional_after<A, B>(
+    direction: crate::reason::Direction,
+    metrics: &Metrics,
+    sent: u64,
+    a: &mut A,
+    b: &mut B,
+) -> u64
+where
+    A: AsyncRead + AsyncWrite + Unpin + ?Sized,
+    B: AsyncRead + AsyncWrite + Unpin + ?Sized,
+{
+    let (result, copied, received) = copy_both(a, b).await;
+    let sent = sent + copied;
     let outcome = match result {
         Ok(()) => "ok",
         Err(e) => {

@@ -4,6 +4,7 @@ use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
+use bytes::Bytes;
 use tokio::io::{AsyncRead, ReadBuf};
 
 /// Implements `AsyncWrite` for a read-side wrapper by passing every write to its `inner` stream
@@ -50,15 +51,15 @@ macro_rules! forward_async_write {
 pub(crate) use forward_async_write;
 
 pub struct Rewind<S> {
-    prefix: Vec<u8>,
+    prefix: Bytes,
     pos: usize,
     inner: S,
 }
 
 impl<S> Rewind<S> {
-    pub fn new(prefix: Vec<u8>, inner: S) -> Self {
+    pub fn new(prefix: impl Into<Bytes>, inner: S) -> Self {
         Rewind {
-            prefix,
+            prefix: prefix.into(),
             pos: 0,
             inner,
         }
@@ -83,7 +84,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for Rewind<S> {
             self.pos += n;
             if self.pos == self.prefix.len() {
                 // Free the buffer: an idle connection should not keep it.
-                self.prefix = Vec::new();
+                self.prefix = Bytes::new();
                 self.pos = 0;
             }
             return Poll::Ready(Ok(()));
@@ -102,7 +103,7 @@ mod tests {
     #[tokio::test]
     async fn the_prefix_is_read_before_the_rest() {
         let inner: &[u8] = b" world";
-        let mut s = Rewind::new(b"hello".to_vec(), inner);
+        let mut s = Rewind::new(&b"hello"[..], inner);
         let mut out = String::new();
         s.read_to_string(&mut out).await.unwrap();
         assert_eq!(out, "hello world");

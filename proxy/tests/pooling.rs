@@ -503,3 +503,147 @@ async fn chatty_connections_stay_pooled() {
         0.0
     );
 }
+
+/// An app connection whose bytes (and FIN) are already waiting when the proxy accepts it: made
+/// with blocking calls before the test yields to the proxy's tasks (a test runtime has one
+/// thread), so the proxy finds them there. Returns what came back, up to EOF.
+async fn spoke_first(addr: std::net::SocketAddr, data: &[u8]) -> std::io::Result<Vec<u8>> {
+    use std::io::Write;
+    let mut s = std::net::TcpStream::connect(addr)?;
+    s.write_all(data)?;
+    s.shutdown(std::net::Shutdown::Write)?;
+    s.set_nonblocking(true)?;
+    let mut s = tokio::net::TcpStream::from_std(s)?;
+    let mut out = Vec::new();
+    tokio::time::timeout(std::time::Duration::from_secs(10), s.read_to_end(&mut out))
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "no EOF within 10s"))??;
+    Ok(out)
+}
+
+#[tokio::test]
+async fn an_apps_first_bytes_ride_with_the_streams_connect() {
+    let ca = Ca::new(TD, DAY).unwrap();
+    let client_store = store(&ca, &leaf(&ca, "/ns/default/sa/pod-worker", |_| {}));
+    // A peer proxy that, before it answers a CONNECT, waits up to a second for the stream's
+    // first bytes, records them, then answers 200 and sends them back.
+    let before_answer = Arc::new(std::sync::Mutex::new(None::<Vec<u8>>));
+    let seen = before_answer.clone();
+    let addr = fake_peer(
+        &ca,
+        &client_store,
+        "/ns/default/sa/echo",
+        b"meshlet-mux/1",
+        move |tls| {
+            let seen = seen.clone();
+            async move {
+                let Ok(mut conn) = h2::server::handshake(tls).await else {
+                    return;
+                };
+                let Some(Ok((req, mut respond))) = conn.accept().await else {
+                    return;
+                };
+                tokio::spawn(async move { while conn.accept().await.is_some() {} });
+                let mut body = req.into_body();
+                let wait = std::time::Duration::from_secs(1);
+                let early = match tokio::time::timeout(wait, body.data()).await {
+                    Ok(Some(Ok(data))) => data.to_vec(),
+                    _ => Vec::new(),
+                };
+                *seen.lock().unwrap() = Some(early.clone());
+                let Ok(mut send) = respond.send_response(http::Response::new(()), false) else {
+                    return;
+                };
+                let _ = send.send_data(early.into(), true);
+                // Holds the stream until the client is done with it.
+                while let Some(Ok(_)) = body.data().await {}
+            }
+        },
+    )
+    .await;
+    let client = proxy(config("outbound: {mtls: mtls}"), client_store, addr, addr).await;
+
+    let answer = spoke_first(client.outbound_addrs[0], b"GET / HTTP/1.1\r\n\r\n")
+        .await
+        .unwrap();
+
+    assert_eq!(
+        before_answer.lock().unwrap().as_deref(),
+        Some(&b"GET / HTTP/1.1\r\n\r\n"[..]),
+        "the peer had the app's first bytes before it answered the CONNECT"
+    );
+    assert_eq!(answer, b"GET / HTTP/1.1\r\n\r\n");
+}
+
+#[tokio::test]
+async fn first_bytes_that_a_stale_connection_refused_are_sent_again_on_the_next() {
+    let ca = Ca::new(TD, DAY).unwrap();
+    let echo = echo().await;
+    let server_store = store(&ca, &leaf(&ca, "/ns/default/sa/echo", |_| {}));
+    let server = proxy(config(""), server_store.clone(), echo.addr, echo.addr).await;
+    let client = proxy_for(
+        &ca,
+        "/ns/default/sa/pod-worker",
+        "outbound: {mtls: mtls}",
+        server.inbound_addrs[0],
+    )
+    .await;
+    assert_eq!(
+        spoke_first(client.outbound_addrs[0], b"before")
+            .await
+            .unwrap(),
+        b"before"
+    );
+    // The server's new identity makes the pooled connection stale: its next stream is refused
+    // (with the first bytes it carried) and the client redials.
+    let renewed = leaf(&ca, "/ns/default/sa/echo", |_| {});
+    let identity = Identity::from_pem(
+        renewed.cert.as_bytes(),
+        renewed.key.as_bytes(),
+        ca.pem.cert.as_bytes(),
+        TD,
+        &crypto_provider(),
+    )
+    .unwrap();
+    server_store.replace(identity);
+
+    let after = spoke_first(client.outbound_addrs[0], b"after")
+        .await
+        .unwrap();
+
+    assert_eq!(after, b"after");
+    assert_metric(
+        &server,
+        r#"meshlet_pooled_connections_total{direction="inbound"}"#,
+        2.0,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn first_bytes_of_a_stream_the_peer_refuses_never_reach_its_app() {
+    let ca = Ca::new(TD, DAY).unwrap();
+    let recorder = recorder().await;
+    let yaml = format!("inbound:\n  policy:\n    - ports: [{}]\n      from: [spiffe://cluster.local/ns/default/sa/pod-worker]\n", recorder.addr.port());
+    let server = proxy_for(&ca, "/ns/default/sa/echo", &yaml, recorder.addr).await;
+    let other = proxy_for(
+        &ca,
+        "/ns/default/sa/other",
+        "outbound: {mtls: mtls}",
+        server.inbound_addrs[0],
+    )
+    .await;
+
+    let answer = spoke_first(other.outbound_addrs[0], b"not for you")
+        .await
+        .unwrap_or_default();
+
+    assert!(answer.is_empty(), "{answer:?}");
+    assert_metric(
+        &server,
+        r#"meshlet_policy_denials_total{direction="inbound",reason="no_matching_rule"}"#,
+        1.0,
+    )
+    .await;
+    assert!(recorder.received.lock().unwrap().is_empty());
+}

@@ -5,13 +5,14 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
+use bytes::Bytes;
 use tokio::net::TcpStream;
 use tokio::sync::OwnedSemaphorePermit;
 use tracing::{debug, info};
 
 use super::connector::Connector;
 use super::routes::Routes;
-use super::{bulk, mesh_port, prevent_loop};
+use super::{bulk, first_bytes, mesh_port, prevent_loop};
 use crate::config::{MtlsMode, Timeouts};
 use crate::copy;
 use crate::dial::{self, ConnectError, Upstream};
@@ -19,6 +20,7 @@ use crate::metrics::{Metrics, OUTBOUND};
 use crate::orig_dst::OriginalDst;
 use crate::reason::Reason;
 use crate::refusal::{Refusal, Refused};
+use crate::rewind::Rewind;
 use meshlet_identity::IdentityStore;
 
 /// What the outbound side needs, built once per proxy.
@@ -51,7 +53,7 @@ pub async fn handle(
 
 async fn serve(
     outbound: &Outbound,
-    mut app: TcpStream,
+    app: TcpStream,
     peer: SocketAddr,
     dst_mode: OriginalDst,
 ) -> Result<(), Refusal> {
@@ -64,12 +66,15 @@ async fn serve(
     prevent_loop::outbound(dst, outbound.port)?;
     let route = outbound.routes.lookup(dst);
     match route.mode {
-        MtlsMode::Off => plain(outbound, app, dst).await,
+        MtlsMode::Off => plain(outbound, app, Bytes::new(), dst).await,
         MtlsMode::Mtls => {
             let timeout = outbound.timeouts.handshake;
+            // What the app has sent already may ride with a pooled stream's CONNECT.
+            let first = first_bytes::waiting(&app);
+            let mut unsent = first.clone();
             let (mut upstream, id) = outbound
                 .connector
-                .open_mesh(dst, route.identities.as_deref(), timeout, None)
+                .open_mesh(dst, route.identities.as_deref(), timeout, None, &mut unsent)
                 .await
                 .map_err(|e| {
                     refusal(
@@ -79,26 +84,34 @@ async fn serve(
                     .at(dst)
                 })?;
             debug!(%peer, %dst, server = %id, "outbound mTLS established");
-            relay_mesh(outbound, &mut app, &mut upstream, dst).await;
+            let app = Rewind::new(unsent.clone(), app);
+            let sent = first.len() - unsent.len();
+            relay_mesh(outbound, app, sent, &mut upstream, dst).await;
             Ok(())
         }
         MtlsMode::Auto => {
             let generation = outbound.store.generation();
             if outbound.routes.known_plain(dst, generation) {
-                return plain(outbound, app, dst).await;
+                return plain(outbound, app, Bytes::new(), dst).await;
             }
+            let first = first_bytes::waiting(&app);
+            let mut unsent = first.clone();
             // A destination that has proved to be a meshlet peer is held to it: no failure
             // downgrades it while remembered. Others are probed, so that a server which does
             // not speak meshlet can be told from a meshlet peer we must not trust.
             let proven = outbound.routes.known_mesh(dst);
             let timeout = outbound.auto_detect_timeout;
             let result = if proven {
-                outbound.connector.open_mesh(dst, None, timeout, None).await
+                let connector = &outbound.connector;
+                connector
+                    .open_mesh(dst, None, timeout, None, &mut unsent)
+                    .await
             } else {
                 let answered = mesh_port::Answered::default();
-                let attempt = outbound
-                    .connector
-                    .open_mesh(dst, None, timeout, Some(&answered));
+                let attempt =
+                    outbound
+                        .connector
+                        .open_mesh(dst, None, timeout, Some(&answered), &mut unsent);
                 // Boxed: only a destination's first connections take this path; inline, its
                 // state would size every outbound connection's task.
                 match Box::pin(unless_no_proxy(outbound, dst, &answered, attempt)).await {
@@ -107,7 +120,7 @@ async fn serve(
                         info!(%peer, %dst, port = outbound.mesh_port, "auto: destination silent to TLS and its address resets meshlet's port, so no meshlet proxy is there; falling back to plaintext");
                         outbound.metrics.auto_fallbacks.inc();
                         outbound.routes.remember_plain(dst, generation);
-                        return plain(outbound, app, dst).await;
+                        return plain(outbound, app, first, dst).await;
                     }
                 }
             };
@@ -117,14 +130,16 @@ async fn serve(
                     if !proven {
                         outbound.routes.remember_mesh(dst);
                     }
-                    relay_mesh(outbound, &mut app, &mut upstream, dst).await;
+                    let app = Rewind::new(unsent.clone(), app);
+                    let sent = first.len() - unsent.len();
+                    relay_mesh(outbound, app, sent, &mut upstream, dst).await;
                     Ok(())
                 }
                 Err(e) if !proven && e.peer_is_not_mesh() => {
                     info!(%peer, %dst, reason = e.reason().label(), error = %e, "auto: destination does not speak meshlet; falling back to plaintext");
                     outbound.metrics.auto_fallbacks.inc();
                     outbound.routes.remember_plain(dst, generation);
-                    plain(outbound, app, dst).await
+                    plain(outbound, app, first, dst).await
                 }
                 Err(e) => {
                     let consequence = if proven {
@@ -178,24 +193,33 @@ where
     }
 }
 
-/// Copies an app connection over an established mTLS path, then lets the connector learn from
-/// how much it carried (bulk destinations get connections of their own).
+/// Copies an app connection over an established mTLS path (its first `sent` bytes went with
+/// the path's opening), then lets the connector learn from how much it carried (bulk
+/// destinations get connections of their own).
 async fn relay_mesh(
     outbound: &Outbound,
-    app: &mut TcpStream,
+    mut app: Rewind<TcpStream>,
+    sent: usize,
     upstream: &mut Upstream,
     dst: SocketAddr,
 ) {
     outbound.metrics.opened(OUTBOUND, "mtls");
     let started = Instant::now();
-    let moved = copy::bidirectional(OUTBOUND, &outbound.metrics, app, upstream).await;
+    let metrics = &outbound.metrics;
+    let moved = copy::bidirectional_after(OUTBOUND, metrics, sent as u64, &mut app, upstream).await;
     if outbound.connector.finished(dst, moved, started.elapsed()) {
         outbound.metrics.bulk_destinations.inc();
         info!(%dst, bytes = moved, "bulk transfers to this destination: its next connections get an mTLS connection of their own for {}s", bulk::REMEMBER.as_secs());
     }
 }
 
-async fn plain(outbound: &Outbound, mut app: TcpStream, dst: SocketAddr) -> Result<(), Refusal> {
+/// A plain connection to `dst`; `first`: what was already read from the app, sent first.
+async fn plain(
+    outbound: &Outbound,
+    app: TcpStream,
+    first: Bytes,
+    dst: SocketAddr,
+) -> Result<(), Refusal> {
     let mut upstream = dial::connect_tcp(dst, outbound.timeouts.connect)
         .await
         .map_err(|e| {
@@ -206,6 +230,7 @@ async fn plain(outbound: &Outbound, mut app: TcpStream, dst: SocketAddr) -> Resu
             .at(dst)
         })?;
     outbound.metrics.opened(OUTBOUND, "plain");
+    let mut app = Rewind::new(first, app);
     copy::bidirectional(OUTBOUND, &outbound.metrics, &mut app, &mut upstream).await;
     Ok(())
 }

@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use meshlet_identity::SpiffeId;
 
 use super::bulk::BulkRule;
@@ -41,18 +42,23 @@ impl Connector {
         self.transport == Transport::Pooled && self.bulk.observe(dst, bytes, lasted)
     }
 
-    /// An authenticated path to the meshlet proxy at `dst`. Nothing of the application is sent:
-    /// the caller copies only after this returns `Ok`.
+    /// An authenticated path to the meshlet proxy at `dst`. Of the application's bytes, only
+    /// `first` (its first bytes, see `first_bytes`) may be sent, and only to the peer that
+    /// accepts the path: what was sent is taken out of `first` when this returns `Ok`, and the
+    /// caller copies the rest (what is left of `first` first).
     pub async fn open_mesh(
         &self,
         dst: SocketAddr,
         pins: Option<&[SpiffeId]>,
         handshake_timeout: Duration,
         probe: Option<&Answered>,
+        first: &mut Bytes,
     ) -> Result<(Upstream, SpiffeId), ConnectError> {
         match self.transport {
             Transport::Pooled if !self.bulk.is_bulk(dst) => {
-                self.pool.open(dst, pins, handshake_timeout, probe).await
+                self.pool
+                    .open(dst, pins, handshake_timeout, probe, first)
+                    .await
             }
             Transport::Pooled | Transport::PerConnection => {
                 self.dialer

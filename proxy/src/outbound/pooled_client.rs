@@ -169,13 +169,16 @@ impl Pool {
 
     /// A stream to `dst` over a pooled connection (opening one if needed), or, for a peer that
     /// does not speak the pooled transport or a virtual destination that cannot be located, a
-    /// connection of its own. `probe`: see [`crate::tls::TlsConfigs::probe`].
+    /// connection of its own. `probe`: see [`crate::tls::TlsConfigs::probe`]. `first`: the
+    /// app's first bytes, sent with the stream only over a connection dialed to `dst` itself
+    /// and taken out once the peer accepts it (see `first_bytes`).
     pub async fn open(
         &self,
         dst: SocketAddr,
         pins: Option<&[SpiffeId]>,
         handshake_timeout: Duration,
         probe: Option<&Answered>,
+        first: &mut Bytes,
     ) -> Result<(Upstream, SpiffeId), ConnectError> {
         if self.peer_lacks_mux(dst.ip()) {
             return self.through(dst, pins, handshake_timeout, probe).await;
@@ -184,7 +187,7 @@ impl Pool {
             None => Target::AsDialed(dst),
             Some(Virtual::Spread) => {
                 // Boxed: inline, its state would size every app connection's task.
-                return Box::pin(self.spread(dst, pins, handshake_timeout, probe)).await;
+                return Box::pin(self.spread(dst, pins, handshake_timeout, probe, first)).await;
             }
             Some(Virtual::Locate) => Target::ToLocate,
             Some(Virtual::Through) => {
@@ -225,11 +228,23 @@ impl Pool {
                 Dialed::Own(..) => return self.through(dst, pins, handshake_timeout, probe).await,
             };
             check_pins(dst, &conn.peer, pins)?;
+            // A located pod is only as good as the answer that named it until it confirms the
+            // locate's token: it gets nothing of the app before that.
+            let early = match target {
+                Target::AsDialed(_) => first.clone(),
+                Target::Located(_) | Target::ToLocate => Bytes::new(),
+            };
+            let sent = !early.is_empty();
             let err = match self
-                .open_stream(&conn, addr, Name::Token(token), handshake_timeout)
+                .open_stream(&conn, addr, Name::Token(token), handshake_timeout, early)
                 .await
             {
-                Ok((io, _)) => return Ok((Upstream::Stream(io), conn.peer)),
+                Ok((io, _)) => {
+                    if sent {
+                        first.clear();
+                    }
+                    return Ok((Upstream::Stream(io), conn.peer));
+                }
                 Err(err) => err,
             };
             match err {
@@ -241,7 +256,7 @@ impl Pool {
                     self.remember_virtual(dst, Virtual::Spread);
                     self.forget(addr.ip(), conn.id).await;
                     self.services.adopt(dst, conn);
-                    return Box::pin(self.spread(dst, pins, handshake_timeout, probe)).await;
+                    return Box::pin(self.spread(dst, pins, handshake_timeout, probe, first)).await;
                 }
                 StreamError::Misdirected | StreamError::NotLocated if token.is_some() => {
                     // The pod named by the locate answer did not confirm it: the answer was
@@ -296,6 +311,7 @@ impl Pool {
         pins: Option<&[SpiffeId]>,
         handshake_timeout: Duration,
         probe: Option<&Answered>,
+        first_bytes: &mut Bytes,
     ) -> Result<(Upstream, SpiffeId), ConnectError> {
         // A sample that closed under us (its backend went away) is dropped and another taken;
         // a few of them can be dead at once.
@@ -317,11 +333,19 @@ impl Pool {
             if let Some(answered) = probe {
                 answered.set();
             }
+            // Dialed through `dst` itself: the stream ends where the node sent the connection.
             let err = match self
-                .open_stream(&conn, dst, Name::Through, handshake_timeout)
+                .open_stream(
+                    &conn,
+                    dst,
+                    Name::Through,
+                    handshake_timeout,
+                    first_bytes.clone(),
+                )
                 .await
             {
                 Ok((io, reached)) => {
+                    first_bytes.clear();
                     if first {
                         self.services
                             .reached(dst, &conn, reached, handshake_timeout);
@@ -336,7 +360,8 @@ impl Pool {
                     // A backend of the previous release: it does not know through streams.
                     self.services.forget(dst);
                     self.remember_virtual(dst, Virtual::Locate);
-                    return Box::pin(self.open(dst, pins, handshake_timeout, probe)).await;
+                    return Box::pin(self.open(dst, pins, handshake_timeout, probe, first_bytes))
+                        .await;
                 }
                 StreamError::Stale | StreamError::H2(_) | StreamError::TimedOut
                     if tries < SPREAD_TRIES =>
@@ -361,20 +386,21 @@ impl Pool {
         }
     }
 
-    /// Opens a stream on `conn` (counted once open). A peer that vanished without closing (or
-    /// hangs) would leave the app connection waiting for the keep-alive to notice: a stream is
-    /// due within the handshake timeout.
+    /// Opens a stream on `conn` (counted once open), sending `early` with its CONNECT. A peer
+    /// that vanished without closing (or hangs) would leave the app connection waiting for the
+    /// keep-alive to notice: a stream is due within the handshake timeout.
     async fn open_stream(
         &self,
         conn: &PooledConn,
         dst: SocketAddr,
         name: Name,
         handshake_timeout: Duration,
+        early: Bytes,
     ) -> Result<(PooledStream, Option<SocketAddr>), StreamError> {
-        let opened =
-            tokio::time::timeout(handshake_timeout, stream(conn.sender.clone(), dst, name))
-                .await
-                .unwrap_or(Err(StreamError::TimedOut));
+        let opening = stream(conn.sender.clone(), dst, name, early);
+        let opened = tokio::time::timeout(handshake_timeout, opening)
+            .await
+            .unwrap_or(Err(StreamError::TimedOut));
         if opened.is_ok() {
             self.dialer
                 .metrics
@@ -473,12 +499,14 @@ enum Name {
     Through,
 }
 
-/// Opens one CONNECT stream naming the app connection's destination; for a through stream,
-/// also the backend the peer says the connection reached.
+/// Opens one CONNECT stream naming the app connection's destination, with the app's `early`
+/// bytes right behind it (the peer holds them until it has judged the stream, and drops them
+/// if it refuses); for a through stream, also the backend the peer says the connection reached.
 async fn stream(
     sender: SendRequest<Bytes>,
     dst: SocketAddr,
     name: Name,
+    early: Bytes,
 ) -> Result<(PooledStream, Option<SocketAddr>), StreamError> {
     // Waits while the peer's limit of concurrent streams is reached.
     let mut sender = sender.ready().await.map_err(StreamError::H2)?;
@@ -493,7 +521,12 @@ async fn stream(
     let req = req
         .body(())
         .map_err(|e| StreamError::Refused(e.to_string()))?;
-    let (response, send) = sender.send_request(req, false).map_err(StreamError::H2)?;
+    let (response, mut send) = sender.send_request(req, false).map_err(StreamError::H2)?;
+    if !early.is_empty() {
+        // Within the stream's first window (bounded by `first_bytes::MAX`): no capacity to wait
+        // for, and h2 writes it with the CONNECT.
+        send.send_data(early, false).map_err(StreamError::H2)?;
+    }
     let resp = response.await.map_err(StreamError::H2)?;
     match resp.status() {
         StatusCode::OK => {}
