@@ -521,21 +521,20 @@ async fn spoke_first(addr: std::net::SocketAddr, data: &[u8]) -> std::io::Result
     Ok(out)
 }
 
-#[tokio::test]
-async fn an_apps_first_bytes_ride_with_the_streams_connect() {
-    let ca = Ca::new(TD, DAY).unwrap();
-    let client_store = store(&ca, &leaf(&ca, "/ns/default/sa/pod-worker", |_| {}));
-    // A peer proxy that, before it answers a CONNECT, waits up to a second for the stream's
-    // first bytes, records them, then answers 200 and sends them back.
-    let before_answer = Arc::new(std::sync::Mutex::new(None::<Vec<u8>>));
-    let seen = before_answer.clone();
-    let addr = fake_peer(
-        &ca,
-        &client_store,
+/// A peer proxy that, before it answers a CONNECT, waits up to a second for the stream's
+/// first bytes and records them (in `before_answer`), then answers 200 and sends them back.
+async fn peer_that_waits_for_first_bytes(
+    ca: &Ca,
+    client_store: &Arc<meshlet_identity::IdentityStore>,
+    before_answer: Arc<std::sync::Mutex<Option<Vec<u8>>>>,
+) -> std::net::SocketAddr {
+    fake_peer(
+        ca,
+        client_store,
         "/ns/default/sa/echo",
         b"meshlet-mux/1",
         move |tls| {
-            let seen = seen.clone();
+            let seen = before_answer.clone();
             async move {
                 let Ok(mut conn) = h2::server::handshake(tls).await else {
                     return;
@@ -560,7 +559,15 @@ async fn an_apps_first_bytes_ride_with_the_streams_connect() {
             }
         },
     )
-    .await;
+    .await
+}
+
+#[tokio::test]
+async fn an_apps_first_bytes_ride_with_the_streams_connect() {
+    let ca = Ca::new(TD, DAY).unwrap();
+    let client_store = store(&ca, &leaf(&ca, "/ns/default/sa/pod-worker", |_| {}));
+    let before_answer = Arc::new(std::sync::Mutex::new(None));
+    let addr = peer_that_waits_for_first_bytes(&ca, &client_store, before_answer.clone()).await;
     let client = proxy(config("outbound: {mtls: mtls}"), client_store, addr, addr).await;
 
     let answer = spoke_first(client.outbound_addrs[0], b"GET / HTTP/1.1\r\n\r\n")
@@ -573,6 +580,38 @@ async fn an_apps_first_bytes_ride_with_the_streams_connect() {
         "the peer had the app's first bytes before it answered the CONNECT"
     );
     assert_eq!(answer, b"GET / HTTP/1.1\r\n\r\n");
+}
+
+#[tokio::test]
+async fn bytes_an_app_sends_while_the_peer_has_not_answered_go_out_at_once() {
+    let ca = Ca::new(TD, DAY).unwrap();
+    let client_store = store(&ca, &leaf(&ca, "/ns/default/sa/pod-worker", |_| {}));
+    let before_answer = Arc::new(std::sync::Mutex::new(None));
+    let addr = peer_that_waits_for_first_bytes(&ca, &client_store, before_answer.clone()).await;
+    let client = proxy(config("outbound: {mtls: mtls}"), client_store, addr, addr).await;
+
+    // The app speaks a moment after connecting: its stream is open and unanswered by then.
+    let mut app = tokio::net::TcpStream::connect(client.outbound_addrs[0])
+        .await
+        .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    app.write_all(b"late hello").await.unwrap();
+    app.shutdown().await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        app.read_to_end(&mut answer),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+
+    assert_eq!(
+        before_answer.lock().unwrap().as_deref(),
+        Some(&b"late hello"[..]),
+        "the peer had the bytes before it answered the CONNECT"
+    );
+    assert_eq!(answer, b"late hello");
 }
 
 #[tokio::test]

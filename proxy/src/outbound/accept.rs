@@ -11,8 +11,9 @@ use tokio::sync::OwnedSemaphorePermit;
 use tracing::{debug, info};
 
 use super::connector::Connector;
+use super::first_bytes::FirstBytes;
 use super::routes::Routes;
-use super::{bulk, first_bytes, mesh_port, prevent_loop};
+use super::{bulk, mesh_port, prevent_loop};
 use crate::config::{MtlsMode, Timeouts};
 use crate::copy;
 use crate::dial::{self, ConnectError, Upstream};
@@ -69,24 +70,21 @@ async fn serve(
         MtlsMode::Off => plain(outbound, app, Bytes::new(), dst).await,
         MtlsMode::Mtls => {
             let timeout = outbound.timeouts.handshake;
-            // What the app has sent already may ride with a pooled stream's CONNECT.
-            let first = first_bytes::waiting(&app);
-            let mut unsent = first.clone();
-            let (mut upstream, id) = outbound
+            let mut first = FirstBytes::new(&app);
+            let opened = outbound
                 .connector
-                .open_mesh(dst, route.identities.as_deref(), timeout, None, &mut unsent)
-                .await
-                .map_err(|e| {
-                    refusal(
-                        &e,
-                        "mtls is required for this destination; nothing was sent",
-                    )
-                    .at(dst)
-                })?;
+                .open_mesh(dst, route.identities.as_deref(), timeout, None, &mut first)
+                .await;
+            let (rest, sent) = first.into_rest();
+            let (mut upstream, id) = opened.map_err(|e| {
+                refusal(
+                    &e,
+                    "mtls is required for this destination; nothing was sent in plaintext",
+                )
+                .at(dst)
+            })?;
             debug!(%peer, %dst, server = %id, "outbound mTLS established");
-            let app = Rewind::new(unsent.clone(), app);
-            let sent = first.len() - unsent.len();
-            relay_mesh(outbound, app, sent, &mut upstream, dst).await;
+            relay_mesh(outbound, Rewind::new(rest, app), sent, &mut upstream, dst).await;
             Ok(())
         }
         MtlsMode::Auto => {
@@ -94,8 +92,7 @@ async fn serve(
             if outbound.routes.known_plain(dst, generation) {
                 return plain(outbound, app, Bytes::new(), dst).await;
             }
-            let first = first_bytes::waiting(&app);
-            let mut unsent = first.clone();
+            let mut first = FirstBytes::new(&app);
             // A destination that has proved to be a meshlet peer is held to it: no failure
             // downgrades it while remembered. Others are probed, so that a server which does
             // not speak meshlet can be told from a meshlet peer we must not trust.
@@ -104,14 +101,14 @@ async fn serve(
             let result = if proven {
                 let connector = &outbound.connector;
                 connector
-                    .open_mesh(dst, None, timeout, None, &mut unsent)
+                    .open_mesh(dst, None, timeout, None, &mut first)
                     .await
             } else {
                 let answered = mesh_port::Answered::default();
                 let attempt =
                     outbound
                         .connector
-                        .open_mesh(dst, None, timeout, Some(&answered), &mut unsent);
+                        .open_mesh(dst, None, timeout, Some(&answered), &mut first);
                 // Boxed: only a destination's first connections take this path; inline, its
                 // state would size every outbound connection's task.
                 match Box::pin(unless_no_proxy(outbound, dst, &answered, attempt)).await {
@@ -120,26 +117,26 @@ async fn serve(
                         info!(%peer, %dst, port = outbound.mesh_port, "auto: destination silent to TLS and its address resets meshlet's port, so no meshlet proxy is there; falling back to plaintext");
                         outbound.metrics.auto_fallbacks.inc();
                         outbound.routes.remember_plain(dst, generation);
-                        return plain(outbound, app, first, dst).await;
+                        let (rest, _) = first.into_rest();
+                        return plain(outbound, app, rest, dst).await;
                     }
                 }
             };
+            let (rest, sent) = first.into_rest();
             match result {
                 Ok((mut upstream, id)) => {
                     debug!(%peer, %dst, server = %id, "outbound mTLS established (auto)");
                     if !proven {
                         outbound.routes.remember_mesh(dst);
                     }
-                    let app = Rewind::new(unsent.clone(), app);
-                    let sent = first.len() - unsent.len();
-                    relay_mesh(outbound, app, sent, &mut upstream, dst).await;
+                    relay_mesh(outbound, Rewind::new(rest, app), sent, &mut upstream, dst).await;
                     Ok(())
                 }
                 Err(e) if !proven && e.peer_is_not_mesh() => {
                     info!(%peer, %dst, reason = e.reason().label(), error = %e, "auto: destination does not speak meshlet; falling back to plaintext");
                     outbound.metrics.auto_fallbacks.inc();
                     outbound.routes.remember_plain(dst, generation);
-                    plain(outbound, app, first, dst).await
+                    plain(outbound, app, rest, dst).await
                 }
                 Err(e) => {
                     let consequence = if proven {
@@ -193,8 +190,8 @@ where
     }
 }
 
-/// Copies an app connection over an established mTLS path (its first `sent` bytes went with
-/// the path's opening), then lets the connector learn from how much it carried (bulk
+/// Copies an app connection over an established mTLS path (its first `sent` bytes went ahead
+/// of the path's opening, `first_bytes`), then lets the connector learn from how much it carried (bulk
 /// destinations get connections of their own).
 async fn relay_mesh(
     outbound: &Outbound,

@@ -7,10 +7,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use meshlet_identity::SpiffeId;
 
 use super::bulk::BulkRule;
+use super::first_bytes::FirstBytes;
 use super::mesh_port::Answered;
 use super::pooled_client::Pool;
 use crate::config::Transport;
@@ -43,22 +43,23 @@ impl Connector {
     }
 
     /// An authenticated path to the meshlet proxy at `dst`. Of the application's bytes, only
-    /// `first` (its first bytes, see `first_bytes`) may be sent, and only to the peer that
-    /// accepts the path: what was sent is taken out of `first` when this returns `Ok`, and the
-    /// caller copies the rest (what is left of `first` first).
+    /// its first ones (`first_bytes`) may be sent before this returns, on a pooled stream to the
+    /// peer, which judges the stream before it reads them; the caller copies the rest (what
+    /// `first` holds undelivered first).
     pub async fn open_mesh(
         &self,
         dst: SocketAddr,
         pins: Option<&[SpiffeId]>,
         handshake_timeout: Duration,
         probe: Option<&Answered>,
-        first: &mut Bytes,
+        first: &mut FirstBytes<'_>,
     ) -> Result<(Upstream, SpiffeId), ConnectError> {
         match self.transport {
             Transport::Pooled if !self.bulk.is_bulk(dst) => {
-                self.pool
-                    .open(dst, pins, handshake_timeout, probe, first)
-                    .await
+                // Boxed: opening is short and its state (the stream's opening, with the app's
+                // first bytes) large; inline, it would size every app connection's task for
+                // its whole life.
+                Box::pin(self.pool.open(dst, pins, handshake_timeout, probe, first)).await
             }
             Transport::Pooled | Transport::PerConnection => {
                 self.dialer

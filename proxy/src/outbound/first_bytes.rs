@@ -1,87 +1,109 @@
-//! The app's first bytes, when they are already waiting as its connection is accepted (a client
-//! that speaks first, such as an HTTP request, usually has sent them by then).
+//! The app's first bytes, sent on a pooled stream before the peer has answered its CONNECT.
 //!
-//! A stream over a pooled connection carries them right after its CONNECT, in the same write, so
-//! the peer can hand them to its app as soon as it has connected instead of a round trip later
-//! (`pooled_client`). They are sent only on a stream whose pooled connection was dialed to the
-//! app's destination itself (never to a pod that a locate answer named), and they are kept until
-//! the peer accepts the stream, so a retry on another connection sends them again. Whatever path
-//! does not send them replays them to the copy first (`Rewind`), so nothing is lost or reordered.
+//! Waiting for the answer before reading the app would cost every new app connection a round
+//! trip between the proxies before its first byte leaves. Instead, a stream carries whatever
+//! the app has sent, and goes on sending what it sends, until the peer answers: bytes already
+//! waiting leave in the same write as the CONNECT. The peer judges the stream before it reads
+//! any of them and drops them if it refuses (`inbound::pooled_server`).
+//!
+//! They are held until a stream that carried them is accepted, so a retry on another pooled
+//! connection sends them again, and a path that does not carry them (a connection of its own, a
+//! located stream, see `pooled_client`) gets them first from the copy. At most [`MAX`] bytes are
+//! held; then reading waits for the answer.
 
-use std::io::Read;
-
-use bytes::Bytes;
+use bytes::{BufMut, Bytes, BytesMut};
+use h2::SendStream;
 use tokio::net::TcpStream;
 
-/// The most read ahead: an HTTP request head with its cookies fits; more waits for the copy.
+/// The most held before the peer answers: an HTTP request head with its cookies fits.
 pub const MAX: usize = 16 * 1024;
 
-/// What the app has already sent, up to [`MAX`] bytes, taken without waiting: empty when
-/// nothing is there yet (a server-first protocol) or the connection is closed.
-pub fn waiting(app: &TcpStream) -> Bytes {
-    let mut buf = [0u8; MAX];
-    // The socket is non-blocking (tokio's), so an empty one answers WouldBlock at once. Reading
-    // beside tokio is safe: its readiness is only ever cleared by a read of its own that found
-    // the socket empty, and any byte that arrives later raises a new edge.
-    let sock = socket2::SockRef::from(app);
-    match (&*sock).read(&mut buf) {
-        Ok(n) => Bytes::copy_from_slice(&buf[..n]),
-        Err(_) => Bytes::new(),
-    }
+/// What the app has sent before its path is open.
+pub struct FirstBytes<'a> {
+    app: &'a TcpStream,
+    /// Read from the app, not yet delivered on an accepted stream.
+    held: BytesMut,
+    /// The app finished sending (or its connection failed): the copy will see that itself.
+    done: bool,
+    /// Delivered on an accepted stream.
+    delivered: usize,
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    use tokio::net::TcpListener;
-
-    async fn pair() -> (TcpStream, TcpStream) {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let client = TcpStream::connect(listener.local_addr().unwrap())
-            .await
-            .unwrap();
-        let (accepted, _) = listener.accept().await.unwrap();
-        (client, accepted)
-    }
-
-    #[tokio::test]
-    async fn bytes_already_sent_are_taken_and_the_rest_is_read_as_usual() {
-        let (mut client, mut accepted) = pair().await;
-        client.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
-        // Wait until the bytes are in the accepted socket.
-        accepted.readable().await.unwrap();
-        assert_eq!(&waiting(&accepted)[..], b"GET / HTTP/1.1\r\n\r\n");
-        client.write_all(b"more").await.unwrap();
-        let mut rest = [0u8; 4];
-        accepted.read_exact(&mut rest).await.unwrap();
-        assert_eq!(&rest, b"more");
-    }
-
-    #[tokio::test]
-    async fn a_silent_client_gives_nothing_and_nothing_is_lost() {
-        let (mut client, mut accepted) = pair().await;
-        assert!(waiting(&accepted).is_empty());
-        client.write_all(b"late").await.unwrap();
-        let mut got = [0u8; 4];
-        accepted.read_exact(&mut got).await.unwrap();
-        assert_eq!(&got, b"late");
-    }
-
-    #[tokio::test]
-    async fn at_most_max_bytes_are_taken() {
-        let (mut client, mut accepted) = pair().await;
-        let sent: Vec<u8> = (0..MAX + 100).map(|i| (i % 251) as u8).collect();
-        client.write_all(&sent).await.unwrap();
-        client.shutdown().await.unwrap();
-        // Wait until everything is in the accepted socket.
-        let mut peeked = vec![0u8; sent.len()];
-        while accepted.peek(&mut peeked).await.unwrap() < sent.len() {
-            tokio::task::yield_now().await;
+impl<'a> FirstBytes<'a> {
+    pub fn new(app: &'a TcpStream) -> Self {
+        FirstBytes {
+            app,
+            held: BytesMut::new(),
+            done: false,
+            delivered: 0,
         }
-        let mut got = waiting(&accepted).to_vec();
-        assert_eq!(got.len(), MAX);
-        accepted.read_to_end(&mut got).await.unwrap();
-        assert_eq!(got, sent);
+    }
+
+    /// Sends what is held on `send`, then what the app sends, until `answer` (the peer's answer
+    /// to the stream) is ready; returns the answer. A stream that cannot take them (the peer
+    /// reset it) stops taking them: its answer says why.
+    pub async fn send_until<F: std::future::Future>(
+        &mut self,
+        send: &mut SendStream<Bytes>,
+        answer: F,
+    ) -> F::Output {
+        // Within the stream's first window (at most MAX): h2 sends them without waiting for
+        // capacity, in the same write as the CONNECT when they are already here.
+        let mut sending = self.held.is_empty()
+            || send
+                .send_data(Bytes::copy_from_slice(&self.held), false)
+                .is_ok();
+        let mut answer = std::pin::pin!(answer);
+        loop {
+            if sending {
+                if let Some(read) = self.read_waiting() {
+                    sending = send.send_data(read, false).is_ok();
+                    continue;
+                }
+            }
+            tokio::select! {
+                biased;
+                answered = answer.as_mut() => return answered,
+                _ = self.app.readable(), if sending && self.wants_more() => {}
+            }
+        }
+    }
+
+    /// The stream that carried what is held was accepted: it is delivered.
+    pub fn accepted(&mut self) {
+        self.delivered += self.held.len();
+        self.held.clear();
+    }
+
+    /// What the copy must send first (read, never delivered), and how many bytes were
+    /// delivered before it.
+    pub fn into_rest(self) -> (Bytes, usize) {
+        (self.held.freeze(), self.delivered)
+    }
+
+    fn wants_more(&self) -> bool {
+        !self.done && self.held.len() < MAX
+    }
+
+    /// What the app has sent and we have not yet read, up to the bound, without waiting.
+    fn read_waiting(&mut self) -> Option<Bytes> {
+        if !self.wants_more() {
+            return None;
+        }
+        let before = self.held.len();
+        let mut room = (&mut self.held).limit(MAX - before);
+        match self.app.try_read_buf(&mut room) {
+            Ok(0) => {
+                self.done = true;
+                None
+            }
+            Ok(n) => Some(Bytes::copy_from_slice(&self.held[before..before + n])),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => None,
+            // The copy reads the same socket and reports it.
+            Err(_) => {
+                self.done = true;
+                None
+            }
+        }
     }
 }

@@ -30,6 +30,7 @@ use http::{Method, Request, StatusCode};
 use meshlet_identity::SpiffeId;
 use tracing::{debug, info};
 
+use super::first_bytes::FirstBytes;
 use super::mesh_port::Answered;
 use super::pooled_conn::{dial_pooled, Dialed, PooledConn};
 use super::service::{Services, Taken, Through};
@@ -170,15 +171,15 @@ impl Pool {
     /// A stream to `dst` over a pooled connection (opening one if needed), or, for a peer that
     /// does not speak the pooled transport or a virtual destination that cannot be located, a
     /// connection of its own. `probe`: see [`crate::tls::TlsConfigs::probe`]. `first`: the
-    /// app's first bytes, sent with the stream only over a connection dialed to `dst` itself
-    /// and taken out once the peer accepts it (see `first_bytes`).
+    /// app's first bytes, sent ahead of the peer's answer only on a stream over a connection
+    /// dialed to `dst` itself (see `first_bytes`).
     pub async fn open(
         &self,
         dst: SocketAddr,
         pins: Option<&[SpiffeId]>,
         handshake_timeout: Duration,
         probe: Option<&Answered>,
-        first: &mut Bytes,
+        first: &mut FirstBytes<'_>,
     ) -> Result<(Upstream, SpiffeId), ConnectError> {
         if self.peer_lacks_mux(dst.ip()) {
             return self.through(dst, pins, handshake_timeout, probe).await;
@@ -230,18 +231,15 @@ impl Pool {
             check_pins(dst, &conn.peer, pins)?;
             // A located pod is only as good as the answer that named it until it confirms the
             // locate's token: it gets nothing of the app before that.
-            let early = match target {
-                Target::AsDialed(_) => first.clone(),
-                Target::Located(_) | Target::ToLocate => Bytes::new(),
-            };
-            let sent = !early.is_empty();
+            let carries = matches!(target, Target::AsDialed(_));
+            let early = carries.then_some(&mut *first);
             let err = match self
                 .open_stream(&conn, addr, Name::Token(token), handshake_timeout, early)
                 .await
             {
                 Ok((io, _)) => {
-                    if sent {
-                        first.clear();
+                    if carries {
+                        first.accepted();
                     }
                     return Ok((Upstream::Stream(io), conn.peer));
                 }
@@ -311,7 +309,7 @@ impl Pool {
         pins: Option<&[SpiffeId]>,
         handshake_timeout: Duration,
         probe: Option<&Answered>,
-        first_bytes: &mut Bytes,
+        first_bytes: &mut FirstBytes<'_>,
     ) -> Result<(Upstream, SpiffeId), ConnectError> {
         // A sample that closed under us (its backend went away) is dropped and another taken;
         // a few of them can be dead at once.
@@ -340,12 +338,12 @@ impl Pool {
                     dst,
                     Name::Through,
                     handshake_timeout,
-                    first_bytes.clone(),
+                    Some(&mut *first_bytes),
                 )
                 .await
             {
                 Ok((io, reached)) => {
-                    first_bytes.clear();
+                    first_bytes.accepted();
                     if first {
                         self.services
                             .reached(dst, &conn, reached, handshake_timeout);
@@ -386,16 +384,17 @@ impl Pool {
         }
     }
 
-    /// Opens a stream on `conn` (counted once open), sending `early` with its CONNECT. A peer
-    /// that vanished without closing (or hangs) would leave the app connection waiting for the
-    /// keep-alive to notice: a stream is due within the handshake timeout.
+    /// Opens a stream on `conn` (counted once open), sending the app's `early` bytes ahead of
+    /// the answer. A peer that vanished without closing (or hangs) would leave the app
+    /// connection waiting for the keep-alive to notice: a stream is due within the handshake
+    /// timeout.
     async fn open_stream(
         &self,
         conn: &PooledConn,
         dst: SocketAddr,
         name: Name,
         handshake_timeout: Duration,
-        early: Bytes,
+        early: Option<&mut FirstBytes<'_>>,
     ) -> Result<(PooledStream, Option<SocketAddr>), StreamError> {
         let opening = stream(conn.sender.clone(), dst, name, early);
         let opened = tokio::time::timeout(handshake_timeout, opening)
@@ -500,13 +499,14 @@ enum Name {
 }
 
 /// Opens one CONNECT stream naming the app connection's destination, with the app's `early`
-/// bytes right behind it (the peer holds them until it has judged the stream, and drops them
-/// if it refuses); for a through stream, also the backend the peer says the connection reached.
+/// bytes sent while the peer answers (it judges the stream before it reads them, and drops
+/// them if it refuses); for a through stream, also the backend the peer says the connection
+/// reached.
 async fn stream(
     sender: SendRequest<Bytes>,
     dst: SocketAddr,
     name: Name,
-    early: Bytes,
+    early: Option<&mut FirstBytes<'_>>,
 ) -> Result<(PooledStream, Option<SocketAddr>), StreamError> {
     // Waits while the peer's limit of concurrent streams is reached.
     let mut sender = sender.ready().await.map_err(StreamError::H2)?;
@@ -522,12 +522,11 @@ async fn stream(
         .body(())
         .map_err(|e| StreamError::Refused(e.to_string()))?;
     let (response, mut send) = sender.send_request(req, false).map_err(StreamError::H2)?;
-    if !early.is_empty() {
-        // Within the stream's first window (bounded by `first_bytes::MAX`): no capacity to wait
-        // for, and h2 writes it with the CONNECT.
-        send.send_data(early, false).map_err(StreamError::H2)?;
+    let resp = match early {
+        Some(first) => first.send_until(&mut send, response).await,
+        None => response.await,
     }
-    let resp = response.await.map_err(StreamError::H2)?;
+    .map_err(StreamError::H2)?;
     match resp.status() {
         StatusCode::OK => {}
         StatusCode::SERVICE_UNAVAILABLE if resp.headers().contains_key(RETRY_HEADER) => {
