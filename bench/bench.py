@@ -129,14 +129,15 @@ class Procs:
                 pass
         return out
 
-    def cpu_seconds(self, names):
+    def cpu_seconds(self, names, kernel_only=False):
+        """User plus system time of the processes (system time alone with `kernel_only`)."""
         tick = os.sysconf("SC_CLK_TCK")
         total = 0
         for pid in self.pids(names):
             try:
                 with open(f"/proc/{pid}/stat") as f:
                     fields = f.read().rsplit(")", 1)[1].split()
-                total += int(fields[11]) + int(fields[12])  # utime + stime
+                total += (0 if kernel_only else int(fields[11])) + int(fields[12])  # utime + stime
             except (OSError, IndexError, ValueError):
                 pass
         return total / tick
@@ -551,11 +552,14 @@ def run_scenario(kind, procs, d, meshlet, secs, conns, idle_n, topo):
     r["first_request_ms"] = first_request(target)
     wrk(target, 1, 4)  # warm-up
     r["rss_idle_kb"] = procs.memory_kb(names)
-    cpu0 = procs.cpu_seconds(names)
+    cpu0, sys0 = procs.cpu_seconds(names), procs.cpu_seconds(names, kernel_only=True)
     ka = wrk(target, secs, conns)
-    cpu1 = procs.cpu_seconds(names)
+    cpu1, sys1 = procs.cpu_seconds(names), procs.cpu_seconds(names, kernel_only=True)
     r["keepalive"] = ka
     r["cpu_us_per_request"] = (cpu1 - cpu0) * 1e6 / ka["requests"] if names and ka["requests"] else None
+    # How much of it the kernel spends on the proxies' behalf (their system calls, and the
+    # TCP work of the sockets they write to, done in their context on one machine).
+    r["cpu_kernel_share"] = (sys1 - sys0) / (cpu1 - cpu0) if names and cpu1 > cpu0 else None
     r["new_connections"] = wrk(target, secs, conns, close=True)
     r["fixed_rate"] = oha_fixed_rate(target, secs, 2000)
     # A 2 s transfer first, for every scenario alike: a sidecar that adapts to bulk
