@@ -83,42 +83,67 @@ async fn per_connection_transport_pays_a_handshake_per_connection() {
     );
 }
 
+/// An echo server's proxy whose identity the test can renew, and a client proxy calling it.
+struct Renewable {
+    ca: Ca,
+    server_store: Arc<meshlet_identity::IdentityStore>,
+    server: meshlet_proxy::Running,
+    client: meshlet_proxy::Running,
+}
+
+impl Renewable {
+    async fn new() -> Self {
+        let ca = Ca::new(TD, DAY).unwrap();
+        let echo = echo().await;
+        let server_store = store(&ca, &leaf(&ca, "/ns/default/sa/echo", |_| {}));
+        let server = proxy(config(""), server_store.clone(), echo.addr, echo.addr).await;
+        let client = proxy_for(
+            &ca,
+            "/ns/default/sa/pod-worker",
+            "outbound: {mtls: mtls}",
+            server.inbound_addrs[0],
+        )
+        .await;
+        Renewable {
+            ca,
+            server_store,
+            server,
+            client,
+        }
+    }
+
+    /// The server gets a new certificate: pooled connections made before are stale.
+    fn renew_server(&self) {
+        let renewed = leaf(&self.ca, "/ns/default/sa/echo", |_| {});
+        let identity = Identity::from_pem(
+            renewed.cert.as_bytes(),
+            renewed.key.as_bytes(),
+            self.ca.pem.cert.as_bytes(),
+            TD,
+            &crypto_provider(),
+        )
+        .unwrap();
+        self.server_store.replace(identity);
+    }
+}
+
 #[tokio::test]
 async fn a_pooled_connection_is_replaced_after_the_server_rotates_its_identity() {
-    let ca = Ca::new(TD, DAY).unwrap();
-    let echo = echo().await;
-    let server_store = store(&ca, &leaf(&ca, "/ns/default/sa/echo", |_| {}));
-    let server = proxy(config(""), server_store.clone(), echo.addr, echo.addr).await;
-    let target = server.inbound_addrs[0];
-    let client = proxy_for(
-        &ca,
-        "/ns/default/sa/pod-worker",
-        "outbound: {mtls: mtls}",
-        target,
-    )
-    .await;
+    let scene = Renewable::new().await;
+    let (server, client) = (&scene.server, &scene.client);
     assert_eq!(
         roundtrip(client.outbound_addrs[0], b"before")
             .await
             .unwrap(),
         b"before"
     );
-    let renewed = leaf(&ca, "/ns/default/sa/echo", |_| {});
-    let identity = Identity::from_pem(
-        renewed.cert.as_bytes(),
-        renewed.key.as_bytes(),
-        ca.pem.cert.as_bytes(),
-        TD,
-        &crypto_provider(),
-    )
-    .unwrap();
-    server_store.replace(identity);
+    scene.renew_server();
     // The old pooled connection refuses new streams; the client redials transparently.
     assert_eq!(
         roundtrip(client.outbound_addrs[0], b"after").await.unwrap(),
         b"after"
     );
-    let m = metrics(&server).await;
+    let m = metrics(server).await;
     assert_eq!(
         metric(
             &m,
@@ -616,17 +641,8 @@ async fn bytes_an_app_sends_while_the_peer_has_not_answered_go_out_at_once() {
 
 #[tokio::test]
 async fn first_bytes_that_a_stale_connection_refused_are_sent_again_on_the_next() {
-    let ca = Ca::new(TD, DAY).unwrap();
-    let echo = echo().await;
-    let server_store = store(&ca, &leaf(&ca, "/ns/default/sa/echo", |_| {}));
-    let server = proxy(config(""), server_store.clone(), echo.addr, echo.addr).await;
-    let client = proxy_for(
-        &ca,
-        "/ns/default/sa/pod-worker",
-        "outbound: {mtls: mtls}",
-        server.inbound_addrs[0],
-    )
-    .await;
+    let scene = Renewable::new().await;
+    let (server, client) = (&scene.server, &scene.client);
     assert_eq!(
         spoke_first(client.outbound_addrs[0], b"before")
             .await
@@ -635,16 +651,7 @@ async fn first_bytes_that_a_stale_connection_refused_are_sent_again_on_the_next(
     );
     // The server's new identity makes the pooled connection stale: its next stream is refused
     // (with the first bytes it carried) and the client redials.
-    let renewed = leaf(&ca, "/ns/default/sa/echo", |_| {});
-    let identity = Identity::from_pem(
-        renewed.cert.as_bytes(),
-        renewed.key.as_bytes(),
-        ca.pem.cert.as_bytes(),
-        TD,
-        &crypto_provider(),
-    )
-    .unwrap();
-    server_store.replace(identity);
+    scene.renew_server();
 
     let after = spoke_first(client.outbound_addrs[0], b"after")
         .await
@@ -652,7 +659,7 @@ async fn first_bytes_that_a_stale_connection_refused_are_sent_again_on_the_next(
 
     assert_eq!(after, b"after");
     assert_metric(
-        &server,
+        server,
         r#"meshlet_pooled_connections_total{direction="inbound"}"#,
         2.0,
     )
