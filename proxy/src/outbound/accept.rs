@@ -99,8 +99,8 @@ async fn serve(
             let proven = outbound.routes.known_mesh(dst);
             let timeout = outbound.auto_detect_timeout;
             let result = if proven {
-                let connector = &outbound.connector;
-                connector
+                outbound
+                    .connector
                     .open_mesh(dst, None, timeout, None, &mut first)
                     .await
             } else {
@@ -191,8 +191,8 @@ where
 }
 
 /// Copies an app connection over an established mTLS path (its first `sent` bytes went ahead
-/// of the path's opening, `first_bytes`), then lets the connector learn from how much it carried (bulk
-/// destinations get connections of their own).
+/// of the path's opening, `first_bytes`), then lets the connector learn from how much it
+/// carried (bulk destinations get connections of their own).
 async fn relay_mesh(
     outbound: &Outbound,
     mut app: Rewind<TcpStream>,

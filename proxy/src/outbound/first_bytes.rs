@@ -2,8 +2,7 @@
 //!
 //! Waiting for the answer before reading the app would cost every new app connection a round
 //! trip between the proxies before its first byte leaves. Instead, a stream carries whatever
-//! the app has sent, and goes on sending what it sends, until the peer answers: bytes already
-//! waiting leave in the same write as the CONNECT. The peer judges the stream before it reads
+//! the app has sent, and goes on sending what it sends, until the peer answers. The peer judges the stream before it reads
 //! any of them and drops them if it refuses (`inbound::pooled_server`).
 //!
 //! They are held until a stream that carried them is accepted, so a retry on another pooled
@@ -48,7 +47,7 @@ impl<'a> FirstBytes<'a> {
         answer: F,
     ) -> F::Output {
         // Within the stream's first window (at most MAX): h2 sends them without waiting for
-        // capacity, in the same write as the CONNECT when they are already here.
+        // capacity.
         let mut sending = self.held.is_empty()
             || send
                 .send_data(Bytes::copy_from_slice(&self.held), false)
