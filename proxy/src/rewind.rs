@@ -4,7 +4,7 @@ use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use bytes::Bytes;
+use bytes::{Buf, Bytes};
 use tokio::io::{AsyncRead, ReadBuf};
 
 /// Implements `AsyncWrite` for a read-side wrapper by passing every write to its `inner` stream
@@ -51,8 +51,8 @@ macro_rules! forward_async_write {
 pub(crate) use forward_async_write;
 
 pub struct Rewind<S> {
+    /// The replayed bytes not yet read back.
     prefix: Bytes,
-    pos: usize,
     inner: S,
 }
 
@@ -60,14 +60,13 @@ impl<S> Rewind<S> {
     pub fn new(prefix: impl Into<Bytes>, inner: S) -> Self {
         Rewind {
             prefix: prefix.into(),
-            pos: 0,
             inner,
         }
     }
 
     /// The replayed bytes not yet read back.
     pub fn unread(&self) -> &[u8] {
-        &self.prefix[self.pos..]
+        &self.prefix
     }
 }
 
@@ -77,15 +76,13 @@ impl<S: AsyncRead + Unpin> AsyncRead for Rewind<S> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        if self.pos < self.prefix.len() {
-            let n = buf.remaining().min(self.prefix.len() - self.pos);
-            let start = self.pos;
-            buf.put_slice(&self.prefix[start..start + n]);
-            self.pos += n;
-            if self.pos == self.prefix.len() {
+        if !self.prefix.is_empty() {
+            let n = buf.remaining().min(self.prefix.len());
+            buf.put_slice(&self.prefix[..n]);
+            self.prefix.advance(n);
+            if self.prefix.is_empty() {
                 // Free the buffer: an idle connection should not keep it.
                 self.prefix = Bytes::new();
-                self.pos = 0;
             }
             return Poll::Ready(Ok(()));
         }
@@ -107,5 +104,19 @@ mod tests {
         let mut out = String::new();
         s.read_to_string(&mut out).await.unwrap();
         assert_eq!(out, "hello world");
+    }
+
+    #[tokio::test]
+    async fn a_prefix_read_in_parts_keeps_what_is_left_unread() {
+        let inner: &[u8] = b"!";
+        let mut s = Rewind::new(&b"hello"[..], inner);
+        let mut two = [0u8; 2];
+        s.read_exact(&mut two).await.unwrap();
+        assert_eq!(&two, b"he");
+        assert_eq!(s.unread(), b"llo");
+        let mut out = Vec::new();
+        s.read_to_end(&mut out).await.unwrap();
+        assert_eq!(out, b"llo!");
+        assert!(s.unread().is_empty());
     }
 }

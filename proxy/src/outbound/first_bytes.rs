@@ -2,12 +2,13 @@
 //!
 //! Waiting for the answer before reading the app would cost every new app connection a round
 //! trip between the proxies before its first byte leaves. Instead, a stream carries whatever
-//! the app has sent, and goes on sending what it sends, until the peer answers. The peer judges the stream before it reads
-//! any of them and drops them if it refuses (`inbound::pooled_server`).
+//! the app has sent, and goes on sending what it sends, until the peer answers. The peer judges
+//! the stream before it reads any of them and drops them if it refuses
+//! (`inbound::pooled_server`).
 //!
 //! They are held until a stream that carried them is accepted, so a retry on another pooled
 //! connection sends them again, and a path that does not carry them (a connection of its own, a
-//! located stream, see `pooled_client`) gets them first from the copy. At most [`MAX`] bytes are
+//! located stream, see `pooled_client`) gets them first from the copy. At most `MAX` bytes are
 //! held; then reading waits for the answer.
 
 use bytes::{BufMut, Bytes, BytesMut};
@@ -15,7 +16,7 @@ use h2::SendStream;
 use tokio::net::TcpStream;
 
 /// The most held before the peer answers: an HTTP request head with its cookies fits.
-pub const MAX: usize = 16 * 1024;
+const MAX: usize = 16 * 1024;
 
 /// What the app has sent before its path is open.
 pub struct FirstBytes<'a> {
