@@ -24,14 +24,16 @@ trap '[ -n "$capture_pid" ] && kill "$capture_pid" 2>/dev/null; rm -f "$pcap"' E
 echo "1. worker -> http://echo:8080/headers (by service name, as the tutorial does)"
 body=$(compose exec -T worker-app curl -sS --max-time 10 -w '\nstatus %{http_code}' http://echo:8080/headers)
 echo "$body" | sed 's/^/   /'
-echo "$body" | grep -q '^status 200$' || fail "expected 200"
-echo "$body" | grep -q 'x-forwarded-client-cert: By=spiffe://cluster.local/ns/default/sa/echo;URI=spiffe://cluster.local/ns/default/sa/pod-worker' \
-  || fail "the app did not see the caller's SPIFFE ID"
+# Checks read the text from a here-string, never a pipe: with pipefail, `echo | grep -q` fails
+# when grep stops at its match before echo has written the rest (SIGPIPE, status 141).
+grep -q '^status 200$' <<<"$body" || fail "expected 200"
+grep -q 'x-forwarded-client-cert: By=spiffe://cluster.local/ns/default/sa/echo;URI=spiffe://cluster.local/ns/default/sa/pod-worker' \
+  <<<"$body" || fail "the app did not see the caller's SPIFFE ID"
 
 echo "2. worker -> /headers-1 (not allowed by the policy)"
 body=$(compose exec -T worker-app curl -sS --max-time 10 -w '\nstatus %{http_code}' http://echo:8080/headers-1)
 echo "$body" | sed 's/^/   /'
-echo "$body" | grep -q '^status 403$' && echo "$body" | grep -q 'Access denied' || fail "expected 403 Access denied"
+grep -q '^status 403$' <<<"$body" && grep -q 'Access denied' <<<"$body" || fail "expected 403 Access denied"
 
 if [ -n "$capture_pid" ]; then
   sleep 1
@@ -52,7 +54,8 @@ if out=$(compose exec -T outsider curl -sS --max-time 10 http://echo:8080/header
   fail "the outsider got an answer: $out"
 fi
 echo "   refused: $out"
-compose logs echo-proxy 2>/dev/null | grep -q 'connection refused.*198.18.20.30' || fail "the refusal is not in echo-proxy's log"
-echo "   echo-proxy: $(compose logs --no-color echo-proxy | grep 'connection refused' | grep -o 'reason=[^ ]*' | tail -1)"
+proxy_log=$(compose logs --no-color echo-proxy 2>/dev/null)
+grep -q 'connection refused.*198.18.20.30' <<<"$proxy_log" || fail "the refusal is not in echo-proxy's log"
+echo "   echo-proxy: $(grep 'connection refused' <<<"$proxy_log" | grep -o 'reason=[^ ]*' | tail -1)"
 
 echo "all checks passed"
