@@ -16,8 +16,8 @@
 //!   that address has proved the same identity ([`prove`]); samples whose backend is not proved
 //!   share one turn between them, so a backend that lies about its address gains at most one
 //!   more backend's share, and never a connection meant for anything else;
-//! - app connections take the backends (and that pile) in turn, each on the least-used sample
-//!   of its backend;
+//! - app connections take the backends (and that pile) in turn, each on the newest sample of
+//!   its backend (the pile's samples take its turn in turn);
 //! - while traffic flows a new sample is dialed in the background every [`SAMPLE_GAP`] at
 //!   most, and a sample takes new streams for [`SAMPLE_FRESH`] after its dial: a backend added
 //!   to the Service is found within moments, and one removed from it stops getting new
@@ -194,12 +194,21 @@ impl<C: Conn> Samples<C> {
                 .copied()
                 .flatten();
             self.turn = self.turn.wrapping_add(1);
-            self.samples
+            let of_backend = self
+                .samples
                 .iter()
                 .enumerate()
-                .filter(|(_, s)| settled(s) && self.backend_of(s, now) == backend)
-                .min_by_key(|(_, s)| s.uses)
-                .map(|(i, _)| i)
+                .filter(|(_, s)| settled(s) && self.backend_of(s, now) == backend);
+            match backend {
+                // One backend's samples all reach the same pod: its newest carries its app
+                // connections, so they share one connection's writes (batched) rather than
+                // spread thin over all of them; the older ones drain.
+                Some(_) => of_backend.max_by_key(|(_, s)| s.born),
+                // The pile of unproved samples may reach different pods: they take their one
+                // turn in turn.
+                None => of_backend.min_by_key(|(_, s)| s.uses),
+            }
+            .map(|(i, _)| i)
         }?;
         let s = &mut self.samples[chosen];
         s.uses += 1;
@@ -525,8 +534,25 @@ mod tests {
 
         assert_eq!(share(&got, 1..=5), 30);
         assert_eq!(share(&got, 6..=6), 30);
-        // Within a backend, the least-used sample goes first.
-        assert!((1..=5).all(|i| got[&i] == 6), "{got:?}");
+    }
+
+    #[test]
+    fn a_proved_backends_calls_ride_its_newest_sample() {
+        let mut s = samples(&[(ECHO, addr(21), 3, true)]);
+        // Born in order: the last one added is the newest.
+        std::thread::sleep(Duration::from_millis(2));
+        s.add(
+            Fake {
+                id: 4,
+                peer: id(ECHO),
+            },
+            Reached::At(addr(21)),
+            0,
+        );
+
+        let got = picks(&mut s, 10);
+
+        assert_eq!(got.get(&4), Some(&10), "{got:?}");
     }
 
     #[test]
