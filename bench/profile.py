@@ -14,7 +14,12 @@ With the CPU time the proxies spent per unit of work (µs per request, per conne
 KiB) this tells what part of a peer's cost any proxy that relays through local sockets and
 encrypts each byte also pays (kernel and crypto), so that a target can be checked against
 what is left to win: a pair that spent nothing at all in user space outside the crypto would
-still cost `floor` per unit. bench.py measures the rates; this script explains them.
+still cost `floor` per unit. Beside it: what the apps (the load generator and the servers
+behind the pair) and the whole machine spent per unit, how busy the machine was (below 100 %,
+the rate was bound by waiting, not by CPU), and the rate the same machine time would give if
+the pair's user space outside the crypto cost nothing — the most that work in user space can
+win. bench.py measures the rates; this script explains them (perf's sampling costs each peer
+a few per cent of its rate).
 
 Run as root, with perf installed (linux-perf): `sudo bench/profile.py [--ztunnel PATH]`
 (about a minute per peer). Writes bench/results/profile.json and prints a table per workload.
@@ -24,6 +29,7 @@ import argparse
 import json
 import os
 import re
+import resource
 import shutil
 import subprocess
 import sys
@@ -81,26 +87,53 @@ def load(workload, target, ihost, iport, seconds):
     return data["end"]["sum_received"]["bytes"] / 1024
 
 
-def profile(procs, names, workload, target, ihost, iport, seconds, d, label):
-    """CPU per unit of the pair and its parts, for one workload."""
+def machine_busy_seconds():
+    """CPU time the whole machine spent busy (every CPU, all but idle and iowait), from /proc/stat."""
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    idle = fields[3] + fields[4]
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def children_seconds():
+    """User plus system time of this script's finished children (the load generator)."""
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
+def profile(procs, names, apps, workload, target, ihost, iport, seconds, d, label):
+    """CPU per unit of the pair and its parts, for one workload; and of the apps (the load
+    generator and the servers), and of the whole machine, to see what bounds the rate."""
     pids = procs.pids(names)
     data = f"{d}/perf-{label}-{workload}.data"
+    app0, machine0 = procs.cpu_seconds(apps), machine_busy_seconds()
     cpu0, sys0 = procs.cpu_seconds(names), procs.cpu_seconds(names, kernel_only=True)
     perf = subprocess.Popen(["perf", "record", "-q", "-e", "cpu-clock", "-F", "1999", "-o", data,
                              "-p", ",".join(map(str, pids)), "--", "sleep", str(seconds + 1)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     time.sleep(0.5)
+    gen0, m0, t0 = children_seconds(), machine_busy_seconds(), time.time()
     units = load(workload, target, ihost, iport, seconds)
+    gen1, m1, t1 = children_seconds(), machine_busy_seconds(), time.time()
     _, err = perf.communicate()
     if perf.returncode != 0:
         raise RuntimeError(f"perf record: {err.strip()}")
     cpu1, sys1 = procs.cpu_seconds(names), procs.cpu_seconds(names, kernel_only=True)
-    us = (cpu1 - cpu0) * 1e6 / units if units else None
+    app1 = procs.cpu_seconds(apps)
+    per = (lambda seconds_: seconds_ * 1e6 / units) if units else (lambda _: None)
+    us = per(cpu1 - cpu0)
     shares = parts(data)
-    return {"unit": UNITS[workload], "units": units, "cpu_us_per_unit": us,
+    return {"unit": UNITS[workload], "units": units, "rate": units / (t1 - t0),
+            "cpu_us_per_unit": us,
             "system_share": (sys1 - sys0) / (cpu1 - cpu0) if cpu1 > cpu0 else None,
             "parts": shares,
-            "floor_us_per_unit": us * (shares["kernel"] + shares["crypto"]) if us else None}
+            "floor_us_per_unit": us * (shares["kernel"] + shares["crypto"]) if us else None,
+            # The load generator (wrk, iperf3's client) and the servers behind the pair.
+            "apps_us_per_unit": per(gen1 - gen0 + app1 - app0),
+            # Every CPU's busy time during the load, whoever spent it, and its share of what
+            # the machine had (below 1: the rate was not bound by CPU alone).
+            "machine_us_per_unit": per(m1 - m0),
+            "machine_busy": (m1 - m0) / ((t1 - t0) * os.cpu_count())}
 
 
 def main():
@@ -147,7 +180,8 @@ def main():
             for workload in workloads:
                 if workload == "bulk":
                     bench.iperf(ihost, iport, 2)  # as bench.py: a bulk destination is known as one
-                results[kind][workload] = profile(procs, names, workload, target, ihost, iport, a.seconds, d, kind)
+                results[kind][workload] = profile(procs, names, backends, workload, target, ihost, iport,
+                                                  a.seconds, d, kind)
             bench.stop_pair(procs, names)
             procs.stop(backends)
     finally:
@@ -158,16 +192,22 @@ def main():
     os.makedirs(os.path.dirname(a.out), exist_ok=True)
     json.dump(report, open(a.out, "w"), indent=2)
     for workload in workloads:
-        print(f"\n{workload} (CPU of the pair per {UNITS[workload]}; perf samples by part)\n")
-        print("| peer | CPU µs | kernel | crypto | copies | other | floor µs (kernel + crypto) |")
-        print("|---|---|---|---|---|---|---|")
+        print(f"\n{workload}: CPU per {UNITS[workload]} of the pair, its perf samples by part, and of the apps"
+              " and the whole machine; the rate, how busy the machine was, and the rate the same machine time"
+              " would give if the pair's user space outside the crypto cost nothing\n")
+        print("| peer | pair µs | kernel | crypto | copies | other | floor µs | apps µs | machine µs | rate/s | busy"
+              " | rate, pair's user space free |")
+        print("|---|---|---|---|---|---|---|---|---|---|---|---|")
         for kind, by in results.items():
             r = by[workload]
-            p = r["parts"]
-            us = r["cpu_us_per_unit"]
-            floor = r["floor_us_per_unit"]
+            p, us, machine = r["parts"], r["cpu_us_per_unit"], r["machine_us_per_unit"]
+            if not us or not machine:
+                print(f"| {kind} | - | | | | | | | | | | |")
+                continue
+            free = machine - us * (p["copies"] + p["other"])
             print(f"| {kind} | {us:.2f} | " + " | ".join(f"{p[k] * 100:.0f} %" for k in PARTS)
-                  + f" | {floor:.2f} |" if us else f"| {kind} | - | | | | | |")
+                  + f" | {r['floor_us_per_unit']:.2f} | {r['apps_us_per_unit']:.2f} | {machine:.2f}"
+                  f" | {r['rate']:.0f} | {r['machine_busy'] * 100:.0f} % | {r['rate'] * machine / free:.0f} |")
     print(f"\nJSON in {a.out}; perf data in {d} (perf report -i FILE)")
 
 
