@@ -243,7 +243,8 @@ pub struct Timeouts {
     /// TCP connect to a backend or peer.
     #[serde(deserialize_with = "duration")]
     pub connect: Duration,
-    /// A whole TLS handshake; also the wait for a peer to answer a pooled stream.
+    /// A whole TLS handshake; also the wait for a pooled caller's HTTP/2 preface after it,
+    /// and for a peer to answer a pooled stream.
     #[serde(deserialize_with = "duration")]
     pub handshake: Duration,
     /// Inbound: how long to wait for the caller's first bytes before deciding what it speaks.

@@ -693,3 +693,96 @@ async fn first_bytes_of_a_stream_the_peer_refuses_never_reach_its_app() {
     .await;
     assert!(recorder.received.lock().unwrap().is_empty());
 }
+
+/// A caller of the pooled transport with a valid SVID for `path`: mTLS with meshlet-mux/1
+/// offered, the server verified as a meshlet client verifies it; then whatever the test does.
+async fn mux_caller(
+    ca: &Ca,
+    path: &str,
+    server: std::net::SocketAddr,
+) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    let me = leaf(ca, path, |_| {});
+    let mut cfg = rustls::ClientConfig::builder_with_provider(crypto_provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(meshlet_identity::SpiffeServerVerifier::new(
+            store(ca, &me),
+            crypto_provider(),
+        )))
+        .with_client_auth_cert(
+            parse_certs(me.cert.as_bytes()).unwrap(),
+            PrivateKeyDer::from_pem_slice(me.key.as_bytes()).unwrap(),
+        )
+        .unwrap();
+    cfg.alpn_protocols = vec![b"meshlet-mux/1".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(server).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    tokio_rustls::TlsConnector::from(Arc::new(cfg))
+        .connect(name, tcp)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_caller_silent_after_the_mtls_handshake_is_dropped_and_frees_its_slot() {
+    let ca = Ca::new(TD, DAY).unwrap();
+    let echo = echo().await;
+    // Two slots (an allowed caller's pooled connection takes one, its stream the other), and a
+    // policy that grants the attacker's identity nothing.
+    let server = proxy_for(
+        &ca,
+        "/ns/default/sa/echo",
+        &format!(
+            "inbound:\n  max_connections: 2\n  policy:\n    - ports: [{}]\n      from: [\"spiffe://cluster.local/ns/default/sa/pod-worker\"]\n",
+            echo.addr.port()
+        ),
+        echo.addr,
+    )
+    .await;
+    let target = server.inbound_addrs[0];
+    // The attacker: a valid SVID of another identity, the pooled ALPN, and then silence
+    // instead of the HTTP/2 preface, on as many connections as there are slots.
+    let mut silent = [
+        mux_caller(&ca, "/ns/default/sa/other", target).await,
+        mux_caller(&ca, "/ns/default/sa/other", target).await,
+    ];
+    let worker = proxy_for(
+        &ca,
+        "/ns/default/sa/pod-worker",
+        "outbound: {mtls: mtls}",
+        target,
+    )
+    .await;
+
+    // The server's own SETTINGS may come first; then it must close (handshake timeout: 2 s).
+    let dropped = tokio::time::timeout(std::time::Duration::from_secs(6), async {
+        let mut buf = [0u8; 256];
+        for conn in &mut silent {
+            while let Ok(n) = conn.read(&mut buf).await {
+                if n == 0 {
+                    break;
+                }
+            }
+        }
+    })
+    .await;
+
+    assert!(
+        dropped.is_ok(),
+        "the silent caller still holds its connection after 6 s"
+    );
+    // The allowed caller gets the slot (its first tries may have timed out waiting for it).
+    eventually("the allowed caller gets the freed slot", async || {
+        roundtrip(worker.outbound_addrs[0], b"after the silence")
+            .await
+            .is_ok_and(|r| r == b"after the silence")
+    })
+    .await;
+    assert_metric(
+        &server,
+        r#"meshlet_connections_refused_total{direction="inbound",reason="timeout"}"#,
+        2.0,
+    )
+    .await;
+}

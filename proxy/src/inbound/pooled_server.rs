@@ -80,10 +80,27 @@ pub async fn serve<S>(
         .max_header_list_size(MAX_HEADER_LIST)
         .max_concurrent_streams(MAX_STREAMS)
         .handshake::<_, Bytes>(tls);
-    let mut conn = match handshake.await {
-        Ok(conn) => conn,
-        Err(e) => {
+    // The caller's HTTP/2 preface is due at once (a meshlet client sends it with its first
+    // flight): a caller that completed mTLS and then stays silent would otherwise hold this
+    // connection, and its `inbound.max_connections` slot, for as long as it likes, whatever
+    // the policy grants it.
+    let mut conn = match tokio::time::timeout(inbound.timeouts.handshake, handshake).await {
+        Ok(Ok(conn)) => conn,
+        Ok(Err(e)) => {
             debug!(%peer, error = %e, "pooled connection failed before its first stream");
+            return;
+        }
+        Err(_) => {
+            let detail = format!(
+                "no HTTP/2 preface within timeouts.handshake ({:?}) after the mTLS handshake",
+                inbound.timeouts.handshake
+            );
+            Refusal::new(Reason::Timeout, detail).by(&caller).record(
+                &inbound.metrics,
+                INBOUND,
+                Refused::Connection,
+                peer,
+            );
             return;
         }
     };
