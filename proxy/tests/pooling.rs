@@ -786,3 +786,99 @@ async fn a_caller_silent_after_the_mtls_handshake_is_dropped_and_frees_its_slot(
     )
     .await;
 }
+
+#[tokio::test]
+async fn a_caller_the_policy_grants_nothing_cannot_hold_slots_with_idle_pooled_connections() {
+    let ca = Ca::new(TD, DAY).unwrap();
+    let echo = echo().await;
+    let server = proxy_for(
+        &ca,
+        "/ns/default/sa/echo",
+        &format!(
+            "inbound:\n  max_connections: 2\n  policy:\n    - ports: [{}]\n      from: [\"spiffe://cluster.local/ns/default/sa/pod-worker\"]\n",
+            echo.addr.port()
+        ),
+        echo.addr,
+    )
+    .await;
+    let target = server.inbound_addrs[0];
+    // The attacker: a valid SVID of an identity no rule names, a complete HTTP/2 handshake on
+    // the pooled ALPN (pings answered), and then no stream, on as many connections as there
+    // are slots.
+    let mut idle = Vec::new();
+    for _ in 0..2 {
+        let tls = mux_caller(&ca, "/ns/default/sa/other", target).await;
+        let (sender, connection) = h2::client::handshake(tls).await.unwrap();
+        idle.push((sender, tokio::spawn(connection)));
+    }
+    let worker = proxy_for(
+        &ca,
+        "/ns/default/sa/pod-worker",
+        "outbound: {mtls: mtls}",
+        target,
+    )
+    .await;
+
+    // Within the handshake timeout (2 s here) the server lets them go.
+    let ended = tokio::time::timeout(std::time::Duration::from_secs(6), async {
+        for (_, connection) in &mut idle {
+            let _ = connection.await;
+        }
+    })
+    .await;
+
+    assert!(
+        ended.is_ok(),
+        "the idle connections still hold their slots after 6 s"
+    );
+    eventually("the allowed caller gets a freed slot", async || {
+        roundtrip(worker.outbound_addrs[0], b"after the idlers")
+            .await
+            .is_ok_and(|r| r == b"after the idlers")
+    })
+    .await;
+    assert_metric(
+        &server,
+        r#"meshlet_connections_refused_total{direction="inbound",reason="no_matching_rule"}"#,
+        2.0,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_caller_the_policy_grants_nothing_still_hears_why_its_stream_is_refused() {
+    let ca = Ca::new(TD, DAY).unwrap();
+    let echo = echo().await;
+    let server = proxy_for(
+        &ca,
+        "/ns/default/sa/echo",
+        &format!(
+            "inbound:\n  policy:\n    - ports: [{}]\n      from: [\"spiffe://cluster.local/ns/default/sa/pod-worker\"]\n",
+            echo.addr.port()
+        ),
+        echo.addr,
+    )
+    .await;
+    let other = proxy_for(
+        &ca,
+        "/ns/default/sa/other",
+        "outbound: {mtls: mtls}",
+        server.inbound_addrs[0],
+    )
+    .await;
+
+    for _ in 0..3 {
+        let answer = roundtrip(other.outbound_addrs[0], b"let me in").await;
+        assert!(answer.unwrap_or_default().is_empty());
+    }
+
+    // Each app connection was refused by the destination's policy (a 403 on its stream), not
+    // lost to a connection closed under it.
+    assert_metric(
+        &other,
+        r#"meshlet_connections_refused_total{direction="outbound",reason="stream_refused"}"#,
+        3.0,
+    )
+    .await;
+    assert_eq!(echo.accepted.load(Ordering::SeqCst), 0);
+}

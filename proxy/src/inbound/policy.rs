@@ -94,6 +94,15 @@ impl Policy {
         })
     }
 
+    /// Whether `caller` may call any port of this pod at all: a pooled connection from a
+    /// caller that may call none carries nothing but refusals (see `pooled_server`).
+    pub fn grants_anything(&self, caller: &SpiffeId) -> bool {
+        match &self.rules {
+            None => caller.trust_domain() == self.trust_domain,
+            Some(rules) => rules.iter().any(|r| self.caller_matches(r, Some(caller))),
+        }
+    }
+
     /// Decides on one HTTP request; `path` must already be normalized (see `http_path`).
     pub fn check_request(
         &self,
@@ -184,6 +193,18 @@ mod tests {
             )
             .is_err());
         assert!(p.check_connection(None, 8080).is_err());
+    }
+
+    #[test]
+    fn a_caller_no_rule_names_is_granted_nothing_whatever_the_port() {
+        let p = policy("- ports: [8080]\n  from: [spiffe://cluster.local/ns/default/sa/worker]\n- ports: [9090]\n  from: [\"spiffe://cluster.local/ns/team/*\"]\n");
+
+        assert!(p.grants_anything(&id("spiffe://cluster.local/ns/default/sa/worker")));
+        assert!(p.grants_anything(&id("spiffe://cluster.local/ns/team/sa/x")));
+        assert!(!p.grants_anything(&id("spiffe://cluster.local/ns/default/sa/other")));
+        let none = Policy::new("cluster.local", None);
+        assert!(none.grants_anything(&id("spiffe://cluster.local/ns/default/sa/other")));
+        assert!(!none.grants_anything(&id("spiffe://other.example/ns/default/sa/other")));
     }
 
     #[test]

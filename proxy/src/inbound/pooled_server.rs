@@ -32,7 +32,7 @@ use crate::pooled_wire::{
     CONNECTION_WINDOW, LOCATED_HEADER, MAX_FRAME, MAX_HEADER_LIST, NOT_LOCATED_HEADER,
     REACHED_HEADER, RETRY_HEADER, SEND_BUF, STREAM_WINDOW, THROUGH_HEADER,
 };
-use crate::reason::Reason;
+use crate::reason::{Denied, Reason};
 use crate::refusal::{Refusal, Refused};
 
 /// Streams one pooled connection may carry at once.
@@ -121,8 +121,25 @@ pub async fn serve<S>(
             .unwrap_or_default(),
     );
     let mut caller_expires = std::pin::pin!(caller_expires);
+    // A caller that no policy rule lets call any port of this pod gets its first stream
+    // answered (a 403, so that its proxy says why) and no more: it holds its slot for at most
+    // `timeouts.handshake`, however it behaves, instead of for as long as it likes.
+    let granted = ctx.inbound.policy.grants_anything(&ctx.caller);
+    let refused_by = tokio::time::sleep(ctx.inbound.timeouts.handshake);
+    let mut refused_by = std::pin::pin!(refused_by);
+    let mut answered = false;
     loop {
         tokio::select! {
+            _ = refused_by.as_mut(), if !granted => {
+                if !answered {
+                    let refusal = Refusal::new(
+                        Reason::Policy(Denied::NoMatchingRule),
+                        "no policy rule lets this caller call any port of this pod, and its pooled connection opened no stream within timeouts.handshake",
+                    );
+                    refusal.by(&ctx.caller).record(&ctx.inbound.metrics, INBOUND, Refused::Connection, peer);
+                }
+                return;
+            }
             _ = caller_expires.as_mut(), if !draining => {
                 debug!(%peer, caller = %ctx.caller, "caller's certificate expired; draining its pooled connection");
                 draining = true;
@@ -130,8 +147,14 @@ pub async fn serve<S>(
             }
             accepted = conn.accept() => match accepted {
                 Some(Ok((req, respond))) => {
-                    let ctx = ctx.clone();
-                    tokio::spawn(async move { stream(&ctx, req, respond).await });
+                    let task = ctx.clone();
+                    tokio::spawn(async move { stream(&task, req, respond).await });
+                    if !granted && !answered {
+                        answered = true;
+                        debug!(%peer, caller = %ctx.caller, "no policy rule grants this caller anything: its pooled connection takes no further stream");
+                        draining = true;
+                        conn.graceful_shutdown();
+                    }
                 }
                 Some(Err(e)) => {
                     debug!(%peer, error = %e, "pooled connection ended with an error");
