@@ -724,36 +724,68 @@ async fn mux_caller(
         .unwrap()
 }
 
+const ATTACKER: &str = "/ns/default/sa/other";
+
+/// echo's pod, whose policy lets only pod-worker call it, with `max_connections` slots; and
+/// pod-worker's proxy calling it.
+struct Guarded {
+    server: meshlet_proxy::Running,
+    worker: meshlet_proxy::Running,
+}
+
+impl Guarded {
+    async fn new(ca: &Ca, echo: &Echo, max_connections: Option<usize>) -> Self {
+        let limit = max_connections
+            .map(|n| format!("  max_connections: {n}\n"))
+            .unwrap_or_default();
+        let server = proxy_for(
+            ca,
+            "/ns/default/sa/echo",
+            &format!(
+                "inbound:\n{limit}  policy:\n    - ports: [{}]\n      from: [\"spiffe://cluster.local/ns/default/sa/pod-worker\"]\n",
+                echo.addr.port()
+            ),
+            echo.addr,
+        )
+        .await;
+        let worker = proxy_for(
+            ca,
+            "/ns/default/sa/pod-worker",
+            "outbound: {mtls: mtls}",
+            server.inbound_addrs[0],
+        )
+        .await;
+        Guarded { server, worker }
+    }
+
+    fn target(&self) -> std::net::SocketAddr {
+        self.server.inbound_addrs[0]
+    }
+
+    /// Fails the test unless pod-worker's calls get through within a few seconds (its first
+    /// tries may time out waiting for a slot).
+    async fn worker_gets_through(&self) {
+        eventually("the allowed caller gets a freed slot", async || {
+            roundtrip(self.worker.outbound_addrs[0], b"let through")
+                .await
+                .is_ok_and(|r| r == b"let through")
+        })
+        .await;
+    }
+}
+
 #[tokio::test]
 async fn a_caller_silent_after_the_mtls_handshake_is_dropped_and_frees_its_slot() {
     let ca = Ca::new(TD, DAY).unwrap();
     let echo = echo().await;
-    // Two slots (an allowed caller's pooled connection takes one, its stream the other), and a
-    // policy that grants the attacker's identity nothing.
-    let server = proxy_for(
-        &ca,
-        "/ns/default/sa/echo",
-        &format!(
-            "inbound:\n  max_connections: 2\n  policy:\n    - ports: [{}]\n      from: [\"spiffe://cluster.local/ns/default/sa/pod-worker\"]\n",
-            echo.addr.port()
-        ),
-        echo.addr,
-    )
-    .await;
-    let target = server.inbound_addrs[0];
+    // Two slots: an allowed caller's pooled connection takes one, its stream the other.
+    let pod = Guarded::new(&ca, &echo, Some(2)).await;
     // The attacker: a valid SVID of another identity, the pooled ALPN, and then silence
     // instead of the HTTP/2 preface, on as many connections as there are slots.
     let mut silent = [
-        mux_caller(&ca, "/ns/default/sa/other", target).await,
-        mux_caller(&ca, "/ns/default/sa/other", target).await,
+        mux_caller(&ca, ATTACKER, pod.target()).await,
+        mux_caller(&ca, ATTACKER, pod.target()).await,
     ];
-    let worker = proxy_for(
-        &ca,
-        "/ns/default/sa/pod-worker",
-        "outbound: {mtls: mtls}",
-        target,
-    )
-    .await;
 
     // The server's own SETTINGS may come first; then it must close (handshake timeout: 2 s).
     let dropped = tokio::time::timeout(std::time::Duration::from_secs(6), async {
@@ -772,15 +804,9 @@ async fn a_caller_silent_after_the_mtls_handshake_is_dropped_and_frees_its_slot(
         dropped.is_ok(),
         "the silent caller still holds its connection after 6 s"
     );
-    // The allowed caller gets the slot (its first tries may have timed out waiting for it).
-    eventually("the allowed caller gets the freed slot", async || {
-        roundtrip(worker.outbound_addrs[0], b"after the silence")
-            .await
-            .is_ok_and(|r| r == b"after the silence")
-    })
-    .await;
+    pod.worker_gets_through().await;
     assert_metric(
-        &server,
+        &pod.server,
         r#"meshlet_connections_refused_total{direction="inbound",reason="timeout"}"#,
         2.0,
     )
@@ -791,33 +817,16 @@ async fn a_caller_silent_after_the_mtls_handshake_is_dropped_and_frees_its_slot(
 async fn a_caller_the_policy_grants_nothing_cannot_hold_slots_with_idle_pooled_connections() {
     let ca = Ca::new(TD, DAY).unwrap();
     let echo = echo().await;
-    let server = proxy_for(
-        &ca,
-        "/ns/default/sa/echo",
-        &format!(
-            "inbound:\n  max_connections: 2\n  policy:\n    - ports: [{}]\n      from: [\"spiffe://cluster.local/ns/default/sa/pod-worker\"]\n",
-            echo.addr.port()
-        ),
-        echo.addr,
-    )
-    .await;
-    let target = server.inbound_addrs[0];
+    let pod = Guarded::new(&ca, &echo, Some(2)).await;
     // The attacker: a valid SVID of an identity no rule names, a complete HTTP/2 handshake on
     // the pooled ALPN (pings answered), and then no stream, on as many connections as there
     // are slots.
     let mut idle = Vec::new();
     for _ in 0..2 {
-        let tls = mux_caller(&ca, "/ns/default/sa/other", target).await;
+        let tls = mux_caller(&ca, ATTACKER, pod.target()).await;
         let (sender, connection) = h2::client::handshake(tls).await.unwrap();
         idle.push((sender, tokio::spawn(connection)));
     }
-    let worker = proxy_for(
-        &ca,
-        "/ns/default/sa/pod-worker",
-        "outbound: {mtls: mtls}",
-        target,
-    )
-    .await;
 
     // Within the handshake timeout (2 s here) the server lets them go.
     let ended = tokio::time::timeout(std::time::Duration::from_secs(6), async {
@@ -831,14 +840,9 @@ async fn a_caller_the_policy_grants_nothing_cannot_hold_slots_with_idle_pooled_c
         ended.is_ok(),
         "the idle connections still hold their slots after 6 s"
     );
-    eventually("the allowed caller gets a freed slot", async || {
-        roundtrip(worker.outbound_addrs[0], b"after the idlers")
-            .await
-            .is_ok_and(|r| r == b"after the idlers")
-    })
-    .await;
+    pod.worker_gets_through().await;
     assert_metric(
-        &server,
+        &pod.server,
         r#"meshlet_connections_refused_total{direction="inbound",reason="no_matching_rule"}"#,
         2.0,
     )
@@ -849,23 +853,8 @@ async fn a_caller_the_policy_grants_nothing_cannot_hold_slots_with_idle_pooled_c
 async fn a_caller_the_policy_grants_nothing_still_hears_why_its_stream_is_refused() {
     let ca = Ca::new(TD, DAY).unwrap();
     let echo = echo().await;
-    let server = proxy_for(
-        &ca,
-        "/ns/default/sa/echo",
-        &format!(
-            "inbound:\n  policy:\n    - ports: [{}]\n      from: [\"spiffe://cluster.local/ns/default/sa/pod-worker\"]\n",
-            echo.addr.port()
-        ),
-        echo.addr,
-    )
-    .await;
-    let other = proxy_for(
-        &ca,
-        "/ns/default/sa/other",
-        "outbound: {mtls: mtls}",
-        server.inbound_addrs[0],
-    )
-    .await;
+    let pod = Guarded::new(&ca, &echo, None).await;
+    let other = proxy_for(&ca, ATTACKER, "outbound: {mtls: mtls}", pod.target()).await;
 
     for _ in 0..3 {
         let answer = roundtrip(other.outbound_addrs[0], b"let me in").await;
