@@ -129,18 +129,22 @@ class Procs:
                 pass
         return out
 
-    def cpu_seconds(self, names, kernel_only=False):
-        """User plus system time of the processes (system time alone with `kernel_only`)."""
+    def cpu_times(self, names):
+        """User plus system time of the processes, and the system time alone, read together."""
         tick = os.sysconf("SC_CLK_TCK")
-        total = 0
+        user = system = 0
         for pid in self.pids(names):
             try:
                 with open(f"/proc/{pid}/stat") as f:
                     fields = f.read().rsplit(")", 1)[1].split()
-                total += (0 if kernel_only else int(fields[11])) + int(fields[12])  # utime + stime
+                user, system = user + int(fields[11]), system + int(fields[12])  # utime, stime
             except (OSError, IndexError, ValueError):
                 pass
-        return total / tick
+        return (user + system) / tick, system / tick
+
+    def cpu_seconds(self, names):
+        """User plus system time of the processes."""
+        return self.cpu_times(names)[0]
 
     def memory_kb(self, names, field="VmRSS"):
         total = 0
@@ -552,9 +556,9 @@ def run_scenario(kind, procs, d, meshlet, secs, conns, idle_n, topo):
     r["first_request_ms"] = first_request(target)
     wrk(target, 1, 4)  # warm-up
     r["rss_idle_kb"] = procs.memory_kb(names)
-    cpu0, sys0 = procs.cpu_seconds(names), procs.cpu_seconds(names, kernel_only=True)
+    cpu0, sys0 = procs.cpu_times(names)
     ka = wrk(target, secs, conns)
-    cpu1, sys1 = procs.cpu_seconds(names), procs.cpu_seconds(names, kernel_only=True)
+    cpu1, sys1 = procs.cpu_times(names)
     r["keepalive"] = ka
     r["cpu_us_per_request"] = (cpu1 - cpu0) * 1e6 / ka["requests"] if names and ka["requests"] else None
     # How much of it the kernel spends on the proxies' behalf (their system calls, and the

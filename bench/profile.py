@@ -106,20 +106,19 @@ def profile(procs, names, apps, workload, target, ihost, iport, seconds, d, labe
     generator and the servers), and of the whole machine, to see what bounds the rate."""
     pids = procs.pids(names)
     data = f"{d}/perf-{label}-{workload}.data"
-    app0, machine0 = procs.cpu_seconds(apps), machine_busy_seconds()
-    cpu0, sys0 = procs.cpu_seconds(names), procs.cpu_seconds(names, kernel_only=True)
     perf = subprocess.Popen(["perf", "record", "-q", "-e", "cpu-clock", "-F", "1999", "-o", data,
                              "-p", ",".join(map(str, pids)), "--", "sleep", str(seconds + 1)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     time.sleep(0.5)
+    # Every CPU figure over the load alone (perf's window is a little wider).
+    (cpu0, sys0), app0 = procs.cpu_times(names), procs.cpu_seconds(apps)
     gen0, m0, t0 = children_seconds(), machine_busy_seconds(), time.time()
     units = load(workload, target, ihost, iport, seconds)
     gen1, m1, t1 = children_seconds(), machine_busy_seconds(), time.time()
+    (cpu1, sys1), app1 = procs.cpu_times(names), procs.cpu_seconds(apps)
     _, err = perf.communicate()
     if perf.returncode != 0:
         raise RuntimeError(f"perf record: {err.strip()}")
-    cpu1, sys1 = procs.cpu_seconds(names), procs.cpu_seconds(names, kernel_only=True)
-    app1 = procs.cpu_seconds(apps)
     per = (lambda seconds_: seconds_ * 1e6 / units) if units else (lambda _: None)
     us = per(cpu1 - cpu0)
     shares = parts(data)
