@@ -763,14 +763,19 @@ impl Guarded {
     }
 
     /// Fails the test unless pod-worker's calls get through within a few seconds (its first
-    /// tries may time out waiting for a slot).
-    async fn worker_gets_through(&self) {
+    /// tries may time out waiting for a slot), and the server counted `n` connections refused
+    /// for `reason`.
+    async fn slots_freed_after(&self, n: f64, reason: &str) {
         eventually("the allowed caller gets a freed slot", async || {
             roundtrip(self.worker.outbound_addrs[0], b"let through")
                 .await
                 .is_ok_and(|r| r == b"let through")
         })
         .await;
+        let series = format!(
+            r#"meshlet_connections_refused_total{{direction="inbound",reason="{reason}"}}"#
+        );
+        assert_metric(&self.server, &series, n).await;
     }
 }
 
@@ -804,13 +809,7 @@ async fn a_caller_silent_after_the_mtls_handshake_is_dropped_and_frees_its_slot(
         dropped.is_ok(),
         "the silent caller still holds its connection after 6 s"
     );
-    pod.worker_gets_through().await;
-    assert_metric(
-        &pod.server,
-        r#"meshlet_connections_refused_total{direction="inbound",reason="timeout"}"#,
-        2.0,
-    )
-    .await;
+    pod.slots_freed_after(2.0, "timeout").await;
 }
 
 #[tokio::test]
@@ -840,13 +839,7 @@ async fn a_caller_the_policy_grants_nothing_cannot_hold_slots_with_idle_pooled_c
         ended.is_ok(),
         "the idle connections still hold their slots after 6 s"
     );
-    pod.worker_gets_through().await;
-    assert_metric(
-        &pod.server,
-        r#"meshlet_connections_refused_total{direction="inbound",reason="no_matching_rule"}"#,
-        2.0,
-    )
-    .await;
+    pod.slots_freed_after(2.0, "no_matching_rule").await;
 }
 
 #[tokio::test]
